@@ -1,0 +1,205 @@
+"""Symmetric block-banded matrices and their block Cholesky factorisation.
+
+This is the general lower layer: any SPD block-banded system (Kalman smoothing, splines,
+Gauss-Markov random fields, S-MNN normal equations) can be stored, factored once and
+solved for many right-hand sides.
+
+Storage
+-------
+A symmetric matrix with ``T x T`` blocks of size ``n x n`` and block bandwidth ``p``
+(``M[s, t] = 0`` for ``|s - t| > p``) is kept as its lower block band::
+
+    blocks.shape == (..., T, p + 1, n, n)        blocks[..., t, j] == M[t, t - j]
+
+           j = 0     j = 1     j = 2          (p = 2, T = 4)
+    t = 0  M[0,0]    ·         ·
+    t = 1  M[1,1]    M[1,0]    ·              · : never read (t - j < 0)
+    t = 2  M[2,2]    M[2,1]    M[2,0]
+    t = 3  M[3,3]    M[3,2]    M[3,1]
+
+Only the lower triangle of each diagonal block ``M[t, t]`` is read; its strict upper
+triangle and the ``·`` cells may hold anything (NaN included). Each system is contiguous
+(``T * (p+1) * n * n`` numbers), so one system's band stays in cache while it is factored.
+"""
+
+import numpy as np
+
+from ._validation import (
+    as_host_array,
+    broadcast_batch,
+    check_finite,
+    check_rank,
+    flat_batch_index,
+)
+from .cpu.factor import factor_kernel, solve_kernel
+from .errors import raise_if_failed
+
+
+class BlockBanded:
+    """A batch of symmetric block-banded matrices in lower block storage.
+
+    Parameters
+    ----------
+    blocks : array ``(..., T, p+1, n, n)``, float32 or float64
+        ``blocks[..., t, j]`` is the block ``M[t, t-j]`` (see the module docstring).
+    """
+
+    def __init__(self, blocks):
+        blocks = as_host_array("blocks", blocks)
+        check_rank("blocks", blocks, 4, "(..., T, p+1, n, n)")
+        if blocks.shape[-1] != blocks.shape[-2]:
+            raise ValueError(f"blocks must be square (..., n, n); got shape {blocks.shape}")
+        self.blocks = blocks
+
+    @property
+    def batch_shape(self):
+        return self.blocks.shape[:-4]
+
+    @property
+    def n_steps(self):
+        """Number of block rows ``T``."""
+        return self.blocks.shape[-4]
+
+    @property
+    def bandwidth(self):
+        """Block bandwidth ``p`` (1: block tridiagonal, 2: block pentadiagonal)."""
+        return self.blocks.shape[-3] - 1
+
+    @property
+    def block_size(self):
+        return self.blocks.shape[-1]
+
+    @property
+    def dtype(self):
+        return self.blocks.dtype
+
+    def __repr__(self):
+        return (f"BlockBanded(batch_shape={self.batch_shape}, n_steps={self.n_steps}, "
+                f"bandwidth={self.bandwidth}, block_size={self.block_size}, dtype={self.dtype})")
+
+    @classmethod
+    def from_dense(cls, dense, block_size, bandwidth):
+        """Lower block band of symmetric ``dense`` ``(..., T*n, T*n)``; entries outside the
+        band are ignored. Unread cells are set to zero."""
+        dense = as_host_array("dense", dense)
+        n, p = int(block_size), int(bandwidth)
+        size = dense.shape[-1]
+        if dense.ndim < 2 or dense.shape[-2] != size or size % n:
+            raise ValueError(
+                f"dense must have shape (..., T*n, T*n) with n={n}; got {dense.shape}")
+        n_steps = size // n
+        tiled = dense.reshape(dense.shape[:-2] + (n_steps, n, n_steps, n))
+        blocks = np.zeros(dense.shape[:-2] + (n_steps, p + 1, n, n), dtype=dense.dtype)
+        t = np.arange(n_steps)
+        for j in range(min(p, n_steps - 1) + 1):
+            # advanced indices around a slice put the step axis first; move it back
+            blocks[..., j:, j, :, :] = np.moveaxis(tiled[..., t[j:], :, t[j:] - j, :], 0, -3)
+        return cls(blocks)
+
+    def to_dense(self):
+        """The full symmetric matrix ``(..., T*n, T*n)`` (O(T^2) memory: for checks)."""
+        T, p, n = self.n_steps, self.bandwidth, self.block_size
+        dense = np.zeros(self.batch_shape + (T, n, T, n), dtype=self.dtype)
+        lower = np.tril(self.blocks[..., 0, :, :])
+        diagonal = lower + np.swapaxes(np.tril(lower, -1), -1, -2)
+        t = np.arange(T)
+        dense[..., t, :, t, :] = np.moveaxis(diagonal, -3, 0)
+        for j in range(1, min(p, T - 1) + 1):
+            block = np.moveaxis(self.blocks[..., j:, j, :, :], -3, 0)
+            dense[..., t[j:], :, t[j:] - j, :] = block
+            dense[..., t[j:] - j, :, t[j:], :] = np.swapaxes(block, -1, -2)
+        return dense.reshape(self.batch_shape + (T * n, T * n))
+
+    def matvec(self, x):
+        """``M @ x`` for ``x`` ``(..., T, n)`` (batch broadcast); returns ``(..., T, n)``."""
+        x = as_host_array("x", x)
+        T, p = self.n_steps, self.bandwidth
+        lower = np.tril(self.blocks[..., 0, :, :])
+        diagonal = lower + np.swapaxes(np.tril(lower, -1), -1, -2)
+        y = np.einsum("...tab,...tb->...ta", diagonal, x)
+        for j in range(1, min(p, T - 1) + 1):
+            block = self.blocks[..., j:, j, :, :]  # M[t, t-j] for t >= j
+            below = np.einsum("...tab,...tb->...ta", block, x[..., :-j, :])
+            above = np.einsum("...tba,...tb->...ta", block, x[..., j:, :])
+            y = y + np.concatenate([np.zeros_like(y[..., :j, :]), below], axis=-2)
+            y = y + np.concatenate([above, np.zeros_like(y[..., :j, :])], axis=-2)
+        return y
+
+
+class BlockCholesky:
+    """``M = L L^T`` of a batch of block-banded SPD matrices; factor once, solve many.
+
+    Obtain it from :func:`block_cholesky`. ``lower`` ``(..., T, p+1, n, n)`` holds ``L``
+    in the storage of :class:`BlockBanded` (the strict upper triangles of the diagonal
+    blocks are zero).
+    """
+
+    def __init__(self, lower, batch_shape):
+        self._lower = lower  # canonical (B, T, p+1, n, n), C-contiguous
+        self.batch_shape = tuple(batch_shape)
+
+    @property
+    def lower(self):
+        return self._lower.reshape(self.batch_shape + self._lower.shape[1:])
+
+    @property
+    def n_steps(self):
+        return self._lower.shape[1]
+
+    @property
+    def block_size(self):
+        return self._lower.shape[-1]
+
+    @property
+    def dtype(self):
+        return self._lower.dtype
+
+    def solve(self, b):
+        """Solve ``M x = b`` for ``b`` ``(..., T, n)``; the batch axes of ``b`` broadcast
+        against the factor's. Returns ``x`` with the broadcast batch, ``(..., T, n)``."""
+        b = as_host_array("b", b)
+        check_rank("b", b, 2, "(..., T, n)")
+        expected = (self.n_steps, self.block_size)
+        if b.shape[-2:] != expected:
+            raise ValueError(f"b must have shape (..., {expected[0]}, {expected[1]}); got {b.shape}")
+        check_finite("b", b)
+        batch = broadcast_batch(factor=self.batch_shape, b=b.shape[:-2])
+        x = np.array(np.broadcast_to(b, batch + expected), dtype=self.dtype, order="C")
+        x = x.reshape((-1,) + expected)  # a fresh copy: b is never written
+        self.solve_flat_in_place(x, flat_batch_index(self.batch_shape, batch))
+        return x.reshape(batch + expected)
+
+    def solve_flat_in_place(self, v, lhs_index):
+        """Kernel-level solve: v ``(B, T, n)`` overwritten by the solution; lhs_index
+        ``(B,)`` int64 picks each right-hand side's factor. No checks (internal)."""
+        solve_kernel(self._lower, lhs_index, v)
+
+    def logdet(self):
+        """``log det M`` per system, shape = batch shape."""
+        diagonals = np.diagonal(self._lower[:, :, 0], axis1=-2, axis2=-1)
+        return 2.0 * np.log(diagonals).sum(axis=(-2, -1)).reshape(self.batch_shape)
+
+
+def block_cholesky(matrix):
+    """Factor a :class:`BlockBanded` batch: ``M = L L^T``.
+
+    Returns a :class:`BlockCholesky`. Raises ``FactorizationError`` (a
+    ``numpy.linalg.LinAlgError``) naming every system and block row whose pivot was not
+    positive; ``ValueError`` if the blocks hold NaN or Inf in cells that are read.
+    """
+    if not isinstance(matrix, BlockBanded):
+        matrix = BlockBanded(matrix)
+    blocks = matrix.blocks
+    batch_shape = matrix.batch_shape
+    T, width, n = blocks.shape[-4], blocks.shape[-3], blocks.shape[-1]
+    lower = np.array(blocks.reshape((-1, T, width, n, n)), order="C", copy=True)
+    # unread cells may hold anything; zero them so they cannot leak into the factor
+    for j in range(1, width):
+        lower[:, :j, j] = 0.0
+    check_finite("blocks (read cells)", np.tril(lower[:, :, 0]))
+    check_finite("blocks (read cells)", lower[:, :, 1:])
+    info = np.zeros(lower.shape[0], dtype=np.int64)
+    factor_kernel(lower, info)
+    raise_if_failed(info, batch_shape)
+    return BlockCholesky(lower, batch_shape)
+

@@ -1,0 +1,427 @@
+"""S-MNN solve and its vector-Jacobian product (DESIGN sections 1 and 2).
+
+``smnn_solve`` validates and flattens the inputs once, factors the block-banded normal
+equations (assembly fused with the block Cholesky sweep), and substitutes. The left-hand
+side depends only on ``coefficients``, ``steps``, the weights and which entries carry
+initial values, so it is factored once per distinct left-hand side (its own, possibly
+smaller, batch) and broadcast over the right-hand sides. :func:`smnn_factor` exposes that
+factorisation for reuse (the "frozen left-hand side").
+"""
+
+import math
+
+import numpy as np
+
+from . import _validation as v
+from .banded import BlockBanded, BlockCholesky
+from .cpu.smnn import (
+    assemble_and_factor_kernel,
+    assemble_kernel,
+    assemble_rhs_kernel,
+    gradient_kernel,
+)
+from .errors import raise_if_failed
+
+_LAYOUTS = {
+    "coefficients": "(..., T or 1, E, D, O)",
+    "rhs": "(..., T or 1, E)",
+    "init": "(..., Ti, D, Oi)",
+    "steps": "(..., T-1 or 1)",
+}
+
+
+class _LeftHandSide:
+    """Validated, flattened left-hand-side inputs (internal)."""
+
+    def __init__(self, coefficients, steps, n_steps, init_shape, weights, central):
+        self.coefficients_shape = coefficients.shape
+        self.steps_shape = steps.shape
+        self.n_steps = n_steps
+        _, self.n_equations, self.n_dims, self.n_orders = coefficients.shape[-4:]
+        self.block_size = self.n_dims * self.n_orders
+        self.n_init_steps, self.n_init_orders = init_shape
+        self.weights = weights
+        self.central = central
+        self.dtype = coefficients.dtype
+        self.batch_shape = v.broadcast_batch(
+            coefficients=coefficients.shape[:-4], steps=steps.shape[:-1])
+        n_lhs = math.prod(self.batch_shape)
+        self.coefficients = np.ascontiguousarray(
+            np.broadcast_to(coefficients, self.batch_shape + coefficients.shape[-4:])
+        ).reshape(n_lhs, coefficients.shape[-4], self.n_equations, self.block_size)
+        self.steps = np.ascontiguousarray(
+            np.broadcast_to(steps, self.batch_shape + steps.shape[-1:])
+        ).reshape(n_lhs, steps.shape[-1])
+
+    @property
+    def bandwidth(self):
+        return 2 if self.central else 1
+
+    def kernel_scalars(self):
+        we, wi, ws = self.weights
+        return (self.n_orders, self.n_init_steps, self.n_init_orders,
+                we * we, wi * wi, ws * ws, self.central)
+
+    def assemble_rhs(self, rhs, init, batch):
+        """``b`` ``(B, T, n)`` for the full batch ``batch``, and the flat rhs with the index
+        maps that the gradient kernel needs: ``(b, lhs_index, rhs_flat, rhs_index)``."""
+        rhs_flat = np.ascontiguousarray(rhs).reshape((-1,) + rhs.shape[-2:])
+        lhs_index = v.flat_batch_index(self.batch_shape, batch)
+        rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
+        if init.size:
+            init_flat = np.ascontiguousarray(init).reshape((-1,) + init.shape[-3:])
+            init_index = v.flat_batch_index(init.shape[:-3], batch)
+        else:  # no initial values: one empty row that every system points to
+            init_flat = np.zeros((1, 0, self.n_dims, 0), dtype=self.dtype)
+            init_index = np.zeros_like(lhs_index)
+        b = np.empty((lhs_index.size, self.n_steps, self.block_size), dtype=self.dtype)
+        we, wi, _ = self.weights
+        assemble_rhs_kernel(self.coefficients, lhs_index, rhs_flat, rhs_index, init_flat,
+                            init_index, self.n_orders, we * we, wi * wi, b)
+        return b, lhs_index, rhs_flat, rhs_index
+
+    def empty_blocks(self):
+        return np.empty((self.coefficients.shape[0], self.n_steps, self.bandwidth + 1,
+                         self.block_size, self.block_size), dtype=self.dtype)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _prepare(name, value):
+    array = v.as_host_array(name, value)
+    v.check_finite(name, array)
+    return array
+
+
+def _infer_n_steps(n_steps, coefficients=None, rhs=None, steps=None):
+    """The sequence length ``T`` carried by the inputs (step length 1 broadcasts)."""
+    claims = {}
+    if coefficients is not None and coefficients.shape[-4] != 1:
+        claims["coefficients (axis -4)"] = coefficients.shape[-4]
+    if rhs is not None and rhs.shape[-2] != 1:
+        claims["rhs (axis -2)"] = rhs.shape[-2]
+    if steps is not None and steps.shape[-1] != 1:
+        claims["steps (axis -1, plus one)"] = steps.shape[-1] + 1
+    if n_steps is not None:
+        claims["n_steps"] = v.check_count("n_steps", n_steps, minimum=1)
+    if len(set(claims.values())) > 1:
+        listing = ", ".join(f"{name} says T={value}" for name, value in claims.items())
+        raise ValueError(f"inconsistent sequence lengths: {listing}")
+    if not claims:
+        raise ValueError(
+            "cannot infer the number of time steps T: every input has step length 1; "
+            "pass n_steps=T")
+    return next(iter(claims.values()))
+
+
+def _check_lhs(coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
+               central_smoothness, rhs=None):
+    """Validate coefficients, steps, weights; returns (coefficients, steps, T, weights)."""
+    coefficients = _prepare("coefficients", coefficients)
+    steps = _prepare("steps", steps)
+    v.check_rank("coefficients", coefficients, 4, _LAYOUTS["coefficients"])
+    v.check_rank("steps", steps, 1, _LAYOUTS["steps"])
+    T = _infer_n_steps(n_steps, coefficients=coefficients, rhs=rhs, steps=steps)
+    if steps.shape[-1] not in (1, T - 1):
+        raise ValueError(
+            f"steps must have shape {_LAYOUTS['steps']} = (..., {T - 1} or 1); got {steps.shape}")
+    v.check_positive("steps", steps)
+    n_orders = coefficients.shape[-1]
+    if central_smoothness and n_orders < 3:
+        raise ValueError(
+            f"central_smoothness needs O >= 3 derivative orders; coefficients have O={n_orders}")
+    if coefficients.shape[-2] < 1 or n_orders < 1:
+        raise ValueError(f"coefficients need D >= 1 and O >= 1; got shape {coefficients.shape}")
+    weights = (v.check_weight("weight_equation", weight_equation),
+               v.check_weight("weight_init", weight_init),
+               v.check_weight("weight_smooth", weight_smooth))
+    return coefficients, steps, T, weights
+
+
+def _check_rhs(lhs_shape, rhs, init, T):
+    """Validate rhs and init against the left-hand side's ``(E, D, O)`` and ``T``."""
+    _, E, D, O = lhs_shape[-4:]
+    rhs = _prepare("rhs", rhs)
+    init = _prepare("init", init)
+    v.check_rank("rhs", rhs, 2, _LAYOUTS["rhs"])
+    v.check_rank("init", init, 3, _LAYOUTS["init"])
+    if rhs.shape[-1] != E or rhs.shape[-2] not in (1, T):
+        raise ValueError(
+            f"rhs must have shape (..., {T} or 1, {E}) to match coefficients {lhs_shape}; "
+            f"got {rhs.shape}")
+    Ti, Dg, Oi = init.shape[-3:]
+    if Ti > T:
+        raise ValueError(f"init has Ti={Ti} initial steps but there are only T={T} steps")
+    if Oi > O:
+        raise ValueError(f"init has Oi={Oi} orders but coefficients have only O={O}")
+    if init.size and Dg != D:
+        raise ValueError(f"init must have shape (..., Ti, {D}, Oi); got {init.shape}")
+    return rhs, init
+
+
+def _common_dtype(*arrays):
+    return v.check_dtype("inputs", np.result_type(*arrays))
+
+
+def _validate(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
+              weight_smooth, central_smoothness):
+    """All checks of a full problem, before any kernel runs."""
+    v.backend_of(coefficients=coefficients, rhs=rhs, init=init, steps=steps)
+    rhs_array = _prepare("rhs", rhs)
+    v.check_rank("rhs", rhs_array, 2, _LAYOUTS["rhs"])
+    coefficients, steps, T, weights = _check_lhs(
+        coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
+        central_smoothness, rhs=rhs_array)
+    rhs, init = _check_rhs(coefficients.shape, rhs_array, init, T)
+    v.broadcast_batch(coefficients=coefficients.shape[:-4], rhs=rhs.shape[:-2],
+                      init=init.shape[:-3], steps=steps.shape[:-1])
+    dtype = _common_dtype(coefficients, rhs, init, steps)
+    return (coefficients.astype(dtype, copy=False), rhs.astype(dtype, copy=False),
+            init.astype(dtype, copy=False), steps.astype(dtype, copy=False), T, weights)
+
+
+def _factor(coefficients, steps, T, init_shape, weights, central):
+    lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central)
+    lower = lhs.empty_blocks()
+    info = np.zeros(lower.shape[0], dtype=np.int64)
+    assemble_and_factor_kernel(lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
+    raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
+    return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
+
+
+# ----------------------------------------------------------------------------- public API
+
+class SMNNFactorization:
+    """The factored left-hand side of an S-MNN problem, reusable for many right-hand sides.
+
+    Obtain it from :func:`smnn_factor`. Holds the block Cholesky factor of the normal
+    matrix (``cholesky``, a :class:`~bandsolve.BlockCholesky`, batch = the left-hand-side
+    batch) and the flattened coefficients and steps needed for gradients. It is a plain
+    value: keep it as long as the coefficients and steps are unchanged, drop it otherwise.
+    """
+
+    def __init__(self, lhs, cholesky):
+        self._lhs = lhs
+        self.cholesky = cholesky
+
+    @property
+    def batch_shape(self):
+        return self._lhs.batch_shape
+
+    @property
+    def n_steps(self):
+        return self._lhs.n_steps
+
+    @property
+    def dtype(self):
+        return self._lhs.dtype
+
+    def __repr__(self):
+        lhs = self._lhs
+        return (f"SMNNFactorization(batch_shape={lhs.batch_shape}, T={lhs.n_steps}, "
+                f"E={lhs.n_equations}, D={lhs.n_dims}, O={lhs.n_orders}, "
+                f"init_shape={(lhs.n_init_steps, lhs.n_init_orders)}, "
+                f"central_smoothness={lhs.central}, dtype={lhs.dtype})")
+
+    def _check(self, rhs, init):
+        v.backend_of(rhs=rhs, init=init)
+        lhs = self._lhs
+        rhs, init = _check_rhs(lhs.coefficients_shape, rhs, init, lhs.n_steps)
+        if init.shape[-3] != lhs.n_init_steps or init.shape[-1] != lhs.n_init_orders:
+            raise ValueError(
+                f"init must have Ti={lhs.n_init_steps}, Oi={lhs.n_init_orders} (the init_shape "
+                f"this factorisation was built for); got shape {init.shape}")
+        for name, array in (("rhs", rhs), ("init", init)):
+            if array.dtype != lhs.dtype:
+                raise TypeError(f"{name} has dtype {array.dtype}; this factorisation is "
+                                f"{lhs.dtype} (convert with .astype(numpy.{lhs.dtype}))")
+        batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs.shape[:-2],
+                                  init=init.shape[:-3])
+        return rhs, init, batch
+
+    def _solve(self, rhs, init, batch):
+        x, lhs_index, rhs_flat, rhs_index = self._lhs.assemble_rhs(rhs, init, batch)
+        self.cholesky.solve_flat_in_place(x, lhs_index)
+        return x, (lhs_index, rhs_flat, rhs_index)
+
+    def _shape_u(self, x, batch):
+        lhs = self._lhs
+        return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders))
+
+    def solve(self, rhs, init):
+        """Solve for new ``rhs`` ``(..., T or 1, E)`` and ``init`` ``(..., Ti, D, Oi)``.
+
+        Their batch axes broadcast against the factorisation's. Returns ``u``
+        ``(..., T, D, O)``.
+        """
+        rhs, init, batch = self._check(rhs, init)
+        x, _ = self._solve(rhs, init, batch)
+        return self._shape_u(x, batch)
+
+    def solve_vjp(self, rhs, init):
+        """Like :meth:`solve`, and also return ``vjp(ubar) -> (coefficients_bar, rhs_bar,
+        init_bar, steps_bar)``, each the shape of its input, reusing this factorisation."""
+        rhs, init, batch = self._check(rhs, init)
+        return self._solve_vjp(rhs, init, batch)
+
+    def _solve_vjp(self, rhs, init, batch):
+        lhs = self._lhs
+        x, (lhs_index, rhs_flat, rhs_index) = self._solve(rhs, init, batch)
+        u_shape = batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)
+        rhs_shape, init_shape = rhs.shape, init.shape
+
+        def vjp(ubar):
+            """Gradients of ``sum(ubar * u)``: ``(coefficients_bar, rhs_bar, init_bar,
+            steps_bar)`` with the shapes of the inputs. ubar ``(..., T, D, O)``."""
+            v.backend_of(ubar=ubar)
+            ubar = _prepare("ubar", ubar)
+            try:
+                ubar = np.broadcast_to(ubar, u_shape)
+            except ValueError:
+                raise ValueError(f"ubar must have the shape of u, {u_shape}; "
+                                 f"got {ubar.shape}") from None
+            y = np.array(ubar, dtype=lhs.dtype, order="C").reshape(x.shape)
+            self.cholesky.solve_flat_in_place(y, lhs_index)
+            return self._gradients(x, y, batch, lhs_index, rhs_flat, rhs_index,
+                                   rhs_shape, init_shape)
+
+        return self._shape_u(x, batch), vjp
+
+    def _gradients(self, x, y, batch, lhs_index, rhs_flat, rhs_index, rhs_shape, init_shape):
+        lhs = self._lhs
+        B = x.shape[0]
+        we, wi, ws = lhs.weights
+        coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=lhs.dtype)
+        rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=lhs.dtype)
+        steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=lhs.dtype)
+        gradient_kernel(lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y,
+                        lhs.n_orders, we * we, ws * ws, lhs.central,
+                        coefficients_bar, rhs_bar, steps_bar)
+        D, O = lhs.n_dims, lhs.n_orders
+        Ti, Oi = lhs.n_init_steps, lhs.n_init_orders
+        if Ti * Oi:
+            y4 = y.reshape(batch + (lhs.n_steps, D, O))
+            init_bar = v.sum_to_shape(wi * wi * y4[..., :Ti, :, :Oi], init_shape)
+        else:
+            init_bar = np.zeros(init_shape, dtype=lhs.dtype)
+        coefficients_bar = coefficients_bar.reshape(
+            batch + lhs.coefficients_shape[-4:])
+        return (v.sum_to_shape(coefficients_bar, lhs.coefficients_shape),
+                v.sum_to_shape(rhs_bar.reshape(batch + rhs_shape[-2:]), rhs_shape),
+                init_bar,
+                v.sum_to_shape(steps_bar.reshape(batch + lhs.steps_shape[-1:]), lhs.steps_shape))
+
+
+def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equation=1.0,
+                weight_init=1.0, weight_smooth=1.0, central_smoothness=False):
+    """Factor the S-MNN normal matrix once, for reuse with many right-hand sides.
+
+    Parameters
+    ----------
+    coefficients : ``(..., T or 1, E, D, O)``
+    steps : ``(..., T-1 or 1)``, positive
+    init_shape : ``(Ti, Oi)``, which entries carry initial values (``t < Ti``, ``o < Oi``);
+        part of the left-hand side because they add ``weight_init**2`` to its diagonal.
+    n_steps : ``T``, needed only when neither input carries it.
+
+    Returns an :class:`SMNNFactorization`; ``.solve(rhs, init)`` equals
+    ``smnn_solve(coefficients, rhs, init, steps, ...)``. Raises ``FactorizationError``
+    naming the batch indices and time steps where the matrix is not positive definite.
+    """
+    v.backend_of(coefficients=coefficients, steps=steps)
+    coefficients, steps, T, weights = _check_lhs(
+        coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
+        central_smoothness)
+    Ti = v.check_count("init_shape[0] (Ti)", init_shape[0])
+    Oi = v.check_count("init_shape[1] (Oi)", init_shape[1])
+    if Ti > T or Oi > coefficients.shape[-1]:
+        raise ValueError(f"init_shape {(Ti, Oi)} exceeds (T, O) = {(T, coefficients.shape[-1])}")
+    if Ti == 0 or Oi == 0:
+        Ti = Oi = 0
+    dtype = _common_dtype(coefficients, steps)
+    return _factor(coefficients.astype(dtype, copy=False), steps.astype(dtype, copy=False),
+                   T, (Ti, Oi), weights, central_smoothness)
+
+
+def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
+               weight_init=1.0, weight_smooth=1.0, central_smoothness=False):
+    """Solve the S-MNN least-squares problem (DESIGN.md section 1).
+
+    Parameters
+    ----------
+    coefficients : ``(..., T or 1, E, D, O)``
+        ``c[t, e, d, o]``: ODE coefficients of equation ``e`` on derivative ``o`` of ``d``.
+    rhs : ``(..., T or 1, E)``
+    init : ``(..., Ti, D, Oi)``, initial values for ``t < Ti``, ``o < Oi`` (``Ti`` or
+        ``Oi`` may be 0).
+    steps : ``(..., T-1 or 1)``, positive step sizes.
+    n_steps : ``T``, needed only when no input carries it.
+    weight_equation, weight_init, weight_smooth : positive row weights.
+    central_smoothness : add central rows (needs ``O >= 3``; block-pentadiagonal system).
+
+    Leading batch axes broadcast by NumPy rules; the left-hand side is factored once per
+    distinct (coefficients, steps) batch element. float32 or float64.
+
+    Returns
+    -------
+    u : ``(..., T, D, O)``, the inputs' dtype.
+
+    Raises ``ValueError``/``TypeError`` for bad input (before any computation) and
+    ``FactorizationError`` (a ``numpy.linalg.LinAlgError``) naming the systems and time
+    steps where the normal matrix is not positive definite.
+    """
+    u, _ = _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation,
+                       weight_init, weight_smooth, central_smoothness, with_vjp=False)
+    return u
+
+
+def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
+                   weight_init=1.0, weight_smooth=1.0, central_smoothness=False):
+    """:func:`smnn_solve` plus its vector-Jacobian product.
+
+    Returns ``(u, vjp)``; ``vjp(ubar)`` with ``ubar`` ``(..., T, D, O)`` returns
+    ``(coefficients_bar, rhs_bar, init_bar, steps_bar)``, each the shape of its input
+    (summed over broadcast axes). The backward pass reuses the forward factorisation:
+    one extra pair of substitutions and an O(T n^2) gradient sweep.
+    """
+    return _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation,
+                       weight_init, weight_smooth, central_smoothness, with_vjp=True)
+
+
+def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
+                weight_smooth, central_smoothness, with_vjp):
+    coefficients, rhs, init, steps, T, weights = _validate(
+        coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
+        weight_smooth, central_smoothness)
+    Ti, _, Oi = init.shape[-3:]
+    init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
+    factorization = _factor(coefficients, steps, T, init_shape, weights, central_smoothness)
+    batch = v.broadcast_batch(factor=factorization.batch_shape, rhs=rhs.shape[:-2],
+                              init=init.shape[:-3])
+    if with_vjp:
+        return factorization._solve_vjp(rhs, init, batch)
+    x, _ = factorization._solve(rhs, init, batch)
+    return factorization._shape_u(x, batch), None
+
+
+def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
+                          weight_equation=1.0, weight_init=1.0, weight_smooth=1.0,
+                          central_smoothness=False):
+    """The assembled normal equations ``M x = b`` (same arguments as :func:`smnn_solve`).
+
+    Returns ``(M, b)``: ``M`` a :class:`BlockBanded` with the left-hand-side batch
+    (bandwidth 1, or 2 with central smoothness; block size ``n = D*O``, unknown index
+    ``d*O + o``) and ``b`` ``(..., T, n)`` with the full batch.
+    """
+    coefficients, rhs, init, steps, T, weights = _validate(
+        coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
+        weight_smooth, central_smoothness)
+    Ti, _, Oi = init.shape[-3:]
+    init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
+    lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central_smoothness)
+    blocks = lhs.empty_blocks()
+    assemble_kernel(lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), blocks)
+    matrix = BlockBanded(blocks.reshape(lhs.batch_shape + blocks.shape[1:]))
+    batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs.shape[:-2], init=init.shape[:-3])
+    b, *_ = lhs.assemble_rhs(rhs, init, batch)
+    return matrix, b.reshape(batch + (T, lhs.block_size))
