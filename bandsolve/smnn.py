@@ -159,6 +159,15 @@ def _check_rhs(lhs_shape, rhs, init, T):
     return rhs, init
 
 
+def _check_init_shape(init_shape, coefficients, T):
+    """``(Ti, Oi)`` checked against ``(T, O)``; ``(0, 0)`` when either is zero."""
+    Ti = v.check_count("init_shape[0] (Ti)", init_shape[0])
+    Oi = v.check_count("init_shape[1] (Oi)", init_shape[1])
+    if Ti > T or Oi > coefficients.shape[-1]:
+        raise ValueError(f"init_shape {(Ti, Oi)} exceeds (T, O) = {(T, coefficients.shape[-1])}")
+    return (Ti, Oi) if Ti * Oi else (0, 0)
+
+
 def _common_dtype(*arrays):
     return v.check_dtype("inputs", np.result_type(*arrays))
 
@@ -203,6 +212,31 @@ class SMNNFactorization:
     def __init__(self, lhs, cholesky):
         self._lhs = lhs
         self.cholesky = cholesky
+
+    @property
+    def lower(self):
+        """The block Cholesky factor ``(..., T, p+1, n, n)`` (left-hand-side batch)."""
+        return self.cholesky.lower
+
+    @classmethod
+    def from_lower(cls, lower, coefficients, steps, *, init_shape, n_steps=None,
+                   weight_equation=1.0, weight_init=1.0, weight_smooth=1.0,
+                   central_smoothness=False):
+        """Rebuild a factorisation from its ``lower`` factor (as returned by ``.lower``)
+        and the same arguments as :func:`smnn_factor`, without refactoring. For adapters
+        that must carry the factor between forward and backward passes as an array."""
+        v.backend_of(lower=lower, coefficients=coefficients, steps=steps)
+        coefficients, steps, T, weights = _check_lhs(
+            coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
+            central_smoothness)
+        lhs = _LeftHandSide(coefficients, steps, T, _check_init_shape(init_shape, coefficients, T),
+                            weights, central_smoothness)
+        lower = v.as_host_array("lower", lower)
+        expected = lhs.batch_shape + (T, lhs.bandwidth + 1, lhs.block_size, lhs.block_size)
+        if lower.shape != expected:
+            raise ValueError(f"lower must have shape {expected}; got {lower.shape}")
+        flat = np.ascontiguousarray(lower, dtype=lhs.dtype).reshape((-1,) + expected[-4:])
+        return cls(lhs, BlockCholesky(flat, lhs.batch_shape))
 
     @property
     def batch_shape(self):
@@ -265,27 +299,43 @@ class SMNNFactorization:
         return self._solve_vjp(rhs, init, batch)
 
     def _solve_vjp(self, rhs, init, batch):
+        x, _ = self._solve(rhs, init, batch)
+        return self._shape_u(x, batch), lambda ubar: self._backward(rhs, init, batch, x, ubar)
+
+    def backward(self, rhs, init, u, ubar):
+        """Gradients from a solution computed earlier, for frameworks that keep residuals
+        as arrays (the PyTorch and JAX adapters): ``u = self.solve(rhs, init)``.
+
+        Returns ``(coefficients_bar, rhs_bar, init_bar, steps_bar)`` of ``sum(ubar * u)``,
+        each the shape of its input. No refactorisation: two substitutions and an
+        O(T n^2) gradient sweep.
+        """
+        rhs, init, batch = self._check(rhs, init)
         lhs = self._lhs
-        x, (lhs_index, rhs_flat, rhs_index) = self._solve(rhs, init, batch)
         u_shape = batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)
-        rhs_shape, init_shape = rhs.shape, init.shape
+        u = _prepare("u", u)
+        if u.shape != u_shape:
+            raise ValueError(f"u must have shape {u_shape}; got {u.shape}")
+        x = np.ascontiguousarray(u, dtype=lhs.dtype).reshape(-1, lhs.n_steps, lhs.block_size)
+        return self._backward(rhs, init, batch, x, ubar)
 
-        def vjp(ubar):
-            """Gradients of ``sum(ubar * u)``: ``(coefficients_bar, rhs_bar, init_bar,
-            steps_bar)`` with the shapes of the inputs. ubar ``(..., T, D, O)``."""
-            v.backend_of(ubar=ubar)
-            ubar = _prepare("ubar", ubar)
-            try:
-                ubar = np.broadcast_to(ubar, u_shape)
-            except ValueError:
-                raise ValueError(f"ubar must have the shape of u, {u_shape}; "
-                                 f"got {ubar.shape}") from None
-            y = np.array(ubar, dtype=lhs.dtype, order="C").reshape(x.shape)
-            self.cholesky.solve_flat_in_place(y, lhs_index)
-            return self._gradients(x, y, batch, lhs_index, rhs_flat, rhs_index,
-                                   rhs_shape, init_shape)
-
-        return self._shape_u(x, batch), vjp
+    def _backward(self, rhs, init, batch, x, ubar):
+        lhs = self._lhs
+        u_shape = batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)
+        v.backend_of(ubar=ubar)
+        ubar = _prepare("ubar", ubar)
+        try:
+            ubar = np.broadcast_to(ubar, u_shape)
+        except ValueError:
+            raise ValueError(f"ubar must have the shape of u, {u_shape}; "
+                             f"got {ubar.shape}") from None
+        y = np.array(ubar, dtype=lhs.dtype, order="C").reshape(x.shape)
+        lhs_index = v.flat_batch_index(lhs.batch_shape, batch)
+        self.cholesky.solve_flat_in_place(y, lhs_index)
+        rhs_flat = np.ascontiguousarray(rhs).reshape((-1,) + rhs.shape[-2:])
+        rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
+        return self._gradients(x, y, batch, lhs_index, rhs_flat, rhs_index,
+                               rhs.shape, init.shape)
 
     def _gradients(self, x, y, batch, lhs_index, rhs_flat, rhs_index, rhs_shape, init_shape):
         lhs = self._lhs
@@ -332,15 +382,10 @@ def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equatio
     coefficients, steps, T, weights = _check_lhs(
         coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
         central_smoothness)
-    Ti = v.check_count("init_shape[0] (Ti)", init_shape[0])
-    Oi = v.check_count("init_shape[1] (Oi)", init_shape[1])
-    if Ti > T or Oi > coefficients.shape[-1]:
-        raise ValueError(f"init_shape {(Ti, Oi)} exceeds (T, O) = {(T, coefficients.shape[-1])}")
-    if Ti == 0 or Oi == 0:
-        Ti = Oi = 0
     dtype = _common_dtype(coefficients, steps)
     return _factor(coefficients.astype(dtype, copy=False), steps.astype(dtype, copy=False),
-                   T, (Ti, Oi), weights, central_smoothness)
+                   T, _check_init_shape(init_shape, coefficients, T), weights,
+                   central_smoothness)
 
 
 def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,

@@ -1,0 +1,1 @@
+"""JAX adapter for bandsolve (placeholder until issue 6 lands)."""

@@ -1,0 +1,1 @@
+"""PyTorch adapter for bandsolve (placeholder until issue 5 lands)."""
