@@ -141,3 +141,22 @@ def test_normal_equations_batched_equals_loop(central):
         d_idx = np.broadcast_to(dense, batch + dense.shape[-2:])[idx]
         np.testing.assert_allclose(d_idx, M1.to_dense(), rtol=1e-14, atol=1e-14)
         np.testing.assert_allclose(b[idx], b1, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_read_only_and_strided_inputs(dtype):
+    """Broadcast views (read-only, zero strides), Fortran-ordered and sliced inputs give the
+    same result as contiguous copies."""
+    T, D, O = 5, 2, 3
+    c, r, g, h = make_problem(106, batch=(3,), T=T, E=2, D=D, O=O, Ti=1, Oi=2, dtype=dtype)
+    u_ref, cond = oracle_solve(c, r, g, h)
+    rtol = solve_rtol(dtype, checked_cond(cond))
+    c_view = np.broadcast_to(c[:1], c.shape)  # read-only view with a zero stride
+    assert not c_view.flags.writeable
+    r_wide = np.zeros((3, T, 4), dtype)
+    r_wide[..., ::2] = r  # every other column: a strided view
+    g_f = np.asfortranarray(g)
+    h_rev = h[:, ::-1].copy()[:, ::-1]  # negative stride
+    u = bandsolve.smnn_solve(c_view, r_wide[..., ::2], g_f, h_rev)
+    u_ref_view, _ = oracle_solve(np.ascontiguousarray(c_view), r, g, h)
+    assert_normwise_close(u, u_ref_view, rtol, 1)

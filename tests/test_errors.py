@@ -1,0 +1,307 @@
+"""Bad input (DESIGN.md section 4): structural misuse is a ValueError/TypeError naming the
+argument; a system that is not positive definite is a FactorizationError (a LinAlgError)
+naming the failing batch elements and time steps; inputs are never modified in place."""
+
+import re
+
+import numpy as np
+import pytest
+
+import bandsolve
+
+from helpers import (
+    dense_to_lower_blocks,
+    make_full_rank_equations,
+    make_problem,
+    random_spd_block_banded,
+)
+
+T, E, D, O, TI, OI = 4, 2, 2, 3, 1, 2
+
+
+def base_problem(dtype=np.float64):
+    return list(make_problem(300, T=T, E=E, D=D, O=O, Ti=TI, Oi=OI, dtype=dtype))
+
+
+def _with(i, value):
+    def modify(p, kw):
+        p[i] = value(p[i]) if callable(value) else value
+    return modify
+
+
+def _set_entry(i, value):
+    def modify(p, kw):
+        x = p[i].copy()
+        x.flat[x.size // 2] = value
+        p[i] = x
+    return modify
+
+
+def _kw(**extra):
+    def modify(p, kw):
+        kw.update(extra)
+    return modify
+
+
+def _chain(*mods):
+    def modify(p, kw):
+        for m in mods:
+            m(p, kw)
+    return modify
+
+
+C, R, I, S = 0, 1, 2, 3
+rng = np.random.default_rng(301)
+
+# (id, modification, exception, argument names of which the message must name one)
+VALUE_ERRORS = [
+    # wrong rank
+    ("coefficients_rank", _with(C, lambda c: c[0]), ValueError, ["coefficients"]),
+    ("rhs_rank", _with(R, lambda r: r[0]), ValueError, ["rhs"]),
+    ("init_rank", _with(I, lambda g: g[0]), ValueError, ["init"]),
+    ("steps_rank", _with(S, lambda h: h[0]), ValueError, ["steps"]),
+    # shape mismatch
+    ("rhs_E", _with(R, rng.standard_normal((T, E + 1))), ValueError, ["rhs", "coefficients"]),
+    ("rhs_T", _with(R, rng.standard_normal((T + 1, E))), ValueError, ["rhs", "coefficients", "steps"]),
+    ("init_D", _with(I, rng.standard_normal((TI, D + 1, OI))), ValueError, ["init", "coefficients"]),
+    ("steps_T", _with(S, np.full(T - 2, 0.5)), ValueError, ["steps"]),
+    ("steps_T_long", _with(S, np.full(T, 0.5)), ValueError, ["steps"]),
+    ("Ti_gt_T", _with(I, rng.standard_normal((T + 1, D, OI))), ValueError, ["init"]),
+    ("Oi_gt_O", _with(I, rng.standard_normal((TI, D, O + 1))), ValueError, ["init"]),
+    (
+        "central_O_lt_3",
+        _chain(_with(C, lambda c: c[..., :2]), _with(I, lambda g: g[..., :1]),
+               _kw(central_smoothness=True)),
+        ValueError,
+        ["central_smoothness", "O"],
+    ),
+    # non-positive or non-finite steps
+    ("steps_zero", _set_entry(S, 0.0), ValueError, ["steps"]),
+    ("steps_negative", _set_entry(S, -0.5), ValueError, ["steps"]),
+    ("steps_nan", _set_entry(S, np.nan), ValueError, ["steps"]),
+    ("steps_inf", _set_entry(S, np.inf), ValueError, ["steps"]),
+    # NaN / Inf in the other inputs
+    ("coefficients_nan", _set_entry(C, np.nan), ValueError, ["coefficients"]),
+    ("coefficients_inf", _set_entry(C, -np.inf), ValueError, ["coefficients"]),
+    ("rhs_nan", _set_entry(R, np.nan), ValueError, ["rhs"]),
+    ("rhs_inf", _set_entry(R, np.inf), ValueError, ["rhs"]),
+    ("init_nan", _set_entry(I, np.nan), ValueError, ["init"]),
+    ("init_inf", _set_entry(I, np.inf), ValueError, ["init"]),
+    # incompatible batch shapes
+    (
+        "batch_mismatch",
+        _chain(_with(C, lambda c: np.stack([c, c])), _with(R, lambda r: np.stack([r, r, r]))),
+        ValueError,
+        ["batch", "coefficients", "rhs"],
+    ),
+    # T that cannot be inferred, or contradicts the inputs
+    (
+        "T_not_inferable",
+        _chain(_with(C, lambda c: c[:1]), _with(R, lambda r: r[:1]), _with(S, lambda h: h[:1])),
+        ValueError,
+        ["n_steps", "T"],
+    ),
+    ("n_steps_conflict", _kw(n_steps=T + 1), ValueError, ["n_steps", "coefficients", "rhs", "steps"]),
+]
+for _name in ("weight_equation", "weight_init", "weight_smooth"):
+    for _label, _value in (("zero", 0.0), ("negative", -1.0), ("nan", np.nan), ("inf", np.inf)):
+        VALUE_ERRORS.append((f"{_name}_{_label}", _kw(**{_name: _value}), ValueError, [_name]))
+
+TYPE_ERRORS = [
+    ("coefficients_int", _with(C, lambda c: np.round(c).astype(np.int64)), TypeError, ["coefficients"]),
+    ("coefficients_int32", _with(C, lambda c: np.round(c).astype(np.int32)), TypeError, ["coefficients"]),
+    ("rhs_bool", _with(R, lambda r: r > 0), TypeError, ["rhs"]),
+    ("init_complex", _with(I, lambda g: g.astype(np.complex128)), TypeError, ["init"]),
+    ("steps_int", _with(S, lambda h: np.ones(h.shape, dtype=np.int64)), TypeError, ["steps"]),
+    ("coefficients_complex64", _with(C, lambda c: c.astype(np.complex64)), TypeError, ["coefficients"]),
+]
+
+ENTRY_POINTS = ["smnn_solve", "smnn_solve_vjp", "smnn_normal_equations", "smnn_factor"]
+
+
+def call(entry, p, kw):
+    c, r, g, h = p
+    if entry == "smnn_factor":
+        init_shape = (g.shape[-3], g.shape[-1]) if np.ndim(g) >= 3 else (TI, OI)
+        factor = bandsolve.smnn_factor(c, h, init_shape=init_shape, **kw)
+        return factor.solve(r, g)
+    return getattr(bandsolve, entry)(c, r, g, h, **kw)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("case", VALUE_ERRORS + TYPE_ERRORS, ids=lambda c: c[0])
+def test_bad_input_raises(case, entry):
+    name, modify, exc, names = case
+    p, kw = base_problem(), {}
+    call(entry, list(p), dict(kw))  # the unmodified problem is fine
+    modify(p, kw)
+    with pytest.raises(exc) as info:
+        call(entry, p, kw)
+    assert not isinstance(info.value, bandsolve.FactorizationError)
+    msg = str(info.value)
+    assert any(re.search(rf"\b{re.escape(n)}\b", msg, re.IGNORECASE) for n in names), (
+        f"message does not name any of {names}: {msg!r}"
+    )
+
+
+def test_n_steps_needed_only_when_missing():
+    """The T_not_inferable problem with n_steps given is valid (the error above is about T,
+    not about step-length-1 inputs)."""
+    c, r, g, h = base_problem()
+    u = bandsolve.smnn_solve(c[:1], r[:1], g, h[:1], n_steps=T)
+    assert u.shape == (T, D, O)
+
+
+def test_factorization_error_is_linalg_error():
+    assert issubclass(bandsolve.FactorizationError, np.linalg.LinAlgError)
+
+
+def _mentions_index(msg, idx):
+    """The message names the batch index: its numbers in order, comma separated, as in
+    "(1, 2)" or "[1, 2]"."""
+    pattern = r"(?<!\d)" + r"\s*,\s*".join(str(i) for i in idx) + r"(?!\d)"
+    return re.search(pattern, msg) is not None
+
+
+# ---------------------------------------------------------------------------------------
+# Singular systems in S-MNN problems
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["smnn_solve", "smnn_solve_vjp", "smnn_factor"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_singular_batch_element_is_named(entry, dtype):
+    """T = 1 (no smoothness rows) and no initial values: element (1, 2) of a (2, 3) batch
+    has zero coefficients, so its normal matrix is exactly zero and the very first pivot is
+    0; the other elements have full-rank equations (SPD)."""
+    Tn, Dn, On = 1, 2, 2
+    coefficients = make_full_rank_equations(310, batch=(2, 3), T=Tn, D=Dn, O=On, dtype=dtype)
+    coefficients[1, 2] = 0.0
+    rhs = np.ones((2, 3, Tn, Dn * On + 1), dtype=dtype)
+    init = np.zeros((0, Dn, 1), dtype=dtype)
+    steps = np.zeros((0,), dtype=dtype)
+    # The problem minus the bad element is fine.
+    call(entry, [coefficients[:1], rhs[:1], init, steps], {})
+    with pytest.raises(bandsolve.FactorizationError) as info:
+        call(entry, [coefficients, rhs, init, steps], {})
+    err = info.value
+    assert isinstance(err, np.linalg.LinAlgError)
+    assert [tuple(i) for i in err.batch_indices] == [(1, 2)]
+    assert list(err.steps) == [0]
+    assert _mentions_index(str(err), (1, 2)), str(err)
+
+
+def test_overflowing_system_is_an_error_not_nan():
+    """Finite inputs whose normal matrix overflows (1e200**2 = inf in float64) must not give
+    a silent NaN: the factor is non-finite, so FactorizationError names element 1."""
+    coefficients, rhs, init, steps = make_problem(311, batch=(3,), T=4, E=2, D=1, O=3, Ti=1, Oi=2)
+    coefficients[1, 2] *= 1e200
+    with pytest.raises(bandsolve.FactorizationError) as info:
+        bandsolve.smnn_solve(coefficients, rhs, init, steps)
+    assert [tuple(i) for i in info.value.batch_indices] == [(1,)]
+
+
+# ---------------------------------------------------------------------------------------
+# block_cholesky of an indefinite BlockBanded at known steps
+# ---------------------------------------------------------------------------------------
+
+
+def _indefinite_at(dense, L, n, where):
+    """Make the Schur complement of step k negative definite for each (batch idx, k):
+    with M = L L^T the Schur complement at step k is exactly L_kk L_kk^T, so subtracting
+    (lambda_max + 1) I from the diagonal block M_kk leaves steps < k untouched and makes
+    step k the first that fails."""
+    dense = dense.copy()
+    for idx, k in where:
+        Lkk = L[idx][k * n:(k + 1) * n, k * n:(k + 1) * n]
+        lam = np.linalg.eigvalsh(Lkk @ Lkk.T).max()
+        dense[idx][k * n:(k + 1) * n, k * n:(k + 1) * n] -= (lam + 1.0) * np.eye(n)
+    return dense
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("p", [1, 2])
+def test_block_cholesky_indefinite_reports_steps(p, dtype):
+    Tn, n = 8, 2
+    dense, L = random_spd_block_banded(320 + p, batch=(4,), T=Tn, n=n, p=p)
+    bad = [((1,), 3), ((3,), 6)]
+    dense = _indefinite_at(dense, L, n, bad).astype(dtype)
+    blocks = dense_to_lower_blocks(dense, n, p, fill=np.nan)
+    # The good elements factor fine.
+    bandsolve.block_cholesky(bandsolve.BlockBanded(blocks[[0, 2]])).solve(np.ones((Tn, n), dtype))
+    with pytest.raises(bandsolve.FactorizationError) as info:
+        bandsolve.block_cholesky(bandsolve.BlockBanded(blocks)).solve(np.ones((Tn, n), dtype))
+    err = info.value
+    assert [tuple(i) for i in err.batch_indices] == [(1,), (3,)]
+    assert list(err.steps) == [3, 6]
+    msg = str(err)
+    assert _mentions_index(msg, (1,)) and _mentions_index(msg, (3,)), msg
+    assert re.search(r"\b3\b", msg) and re.search(r"\b6\b", msg), msg
+
+
+@pytest.mark.parametrize("k", [0, 2, 5])
+def test_block_cholesky_indefinite_unbatched(k):
+    Tn, n, p = 6, 3, 1
+    dense, L = random_spd_block_banded(330, T=Tn, n=n, p=p)
+    dense = _indefinite_at(dense, L, n, [((), k)])
+    with pytest.raises(bandsolve.FactorizationError) as info:
+        bandsolve.block_cholesky(bandsolve.BlockBanded.from_dense(dense, n, p))
+    err = info.value
+    assert [tuple(i) for i in err.batch_indices] == [()]
+    assert list(err.steps) == [k]
+    assert re.search(rf"\b{k}\b", str(err)), str(err)
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs are never modified in place
+# ---------------------------------------------------------------------------------------
+
+
+def _assert_unchanged(arrays, copies):
+    for a, c in zip(arrays, copies):
+        assert a.dtype == c.dtype and a.shape == c.shape
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("central", [False, True])
+def test_inputs_not_modified(central, dtype):
+    problem = list(make_problem(340, batch=(2,), T=5, E=2, D=2, O=3, Ti=1, Oi=2, dtype=dtype,
+                                coef_batch=(1,), coef_T=1))
+    copies = [a.copy() for a in problem]
+    kw = dict(central_smoothness=central, weight_init=1.5)
+    bandsolve.smnn_solve(*problem, **kw)
+    _assert_unchanged(problem, copies)
+    u, vjp = bandsolve.smnn_solve_vjp(*problem, **kw)
+    ubar = np.ones_like(u)
+    ubar_copy = ubar.copy()
+    vjp(ubar)
+    _assert_unchanged(problem + [ubar], copies + [ubar_copy])
+    bandsolve.smnn_normal_equations(*problem, **kw)
+    _assert_unchanged(problem, copies)
+    c, r, g, h = problem
+    factor = bandsolve.smnn_factor(c, h, init_shape=(1, 2), **kw)
+    factor.solve(r, g)
+    u2, vjp2 = factor.solve_vjp(r, g)
+    vjp2(ubar)
+    _assert_unchanged(problem + [ubar], copies + [ubar_copy])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_block_banded_inputs_not_modified(dtype):
+    Tn, n, p = 5, 2, 2
+    dense, _ = random_spd_block_banded(341, batch=(2,), T=Tn, n=n, p=p, dtype=dtype)
+    blocks = dense_to_lower_blocks(dense, n, p, fill=np.nan)
+    blocks_copy, dense_copy = blocks.copy(), dense.copy()
+    b = np.ones((2, Tn, n), dtype)
+    b_copy = b.copy()
+    M = bandsolve.BlockBanded(blocks)
+    M.matvec(b)
+    M.to_dense()
+    chol = bandsolve.block_cholesky(M)
+    chol.solve(b)
+    chol.logdet()
+    bandsolve.block_cholesky(bandsolve.BlockBanded.from_dense(dense, n, p)).solve(b)
+    np.testing.assert_array_equal(blocks, blocks_copy)  # NaN == NaN here
+    np.testing.assert_array_equal(dense, dense_copy)
+    np.testing.assert_array_equal(b, b_copy)
