@@ -261,7 +261,10 @@ class SMNNFactorization:
         v.backend_of(rhs=rhs, init=init)
         lhs = self._lhs
         rhs, init = _check_rhs(lhs.coefficients_shape, rhs, init, lhs.n_steps)
-        if init.shape[-3] != lhs.n_init_steps or init.shape[-1] != lhs.n_init_orders:
+        given = (init.shape[-3], init.shape[-1])
+        if given[0] * given[1] == 0:
+            given = (0, 0)  # no initial values, however the empty shape is spelled
+        if given != (lhs.n_init_steps, lhs.n_init_orders):
             raise ValueError(
                 f"init must have Ti={lhs.n_init_steps}, Oi={lhs.n_init_orders} (the init_shape "
                 f"this factorisation was built for); got shape {init.shape}")

@@ -53,7 +53,8 @@ def _chain(*mods):
 C, R, I, S = 0, 1, 2, 3
 rng = np.random.default_rng(301)
 
-# (id, modification, exception, argument names of which the message must name one)
+# (id, modification, exception, argument names of which the message must name one; for
+# smnn_factor the initial-value shape arrives as init_shape)
 VALUE_ERRORS = [
     # wrong rank
     ("coefficients_rank", _with(C, lambda c: c[0]), ValueError, ["coefficients"]),
@@ -66,8 +67,8 @@ VALUE_ERRORS = [
     ("init_D", _with(I, rng.standard_normal((TI, D + 1, OI))), ValueError, ["init", "coefficients"]),
     ("steps_T", _with(S, np.full(T - 2, 0.5)), ValueError, ["steps"]),
     ("steps_T_long", _with(S, np.full(T, 0.5)), ValueError, ["steps"]),
-    ("Ti_gt_T", _with(I, rng.standard_normal((T + 1, D, OI))), ValueError, ["init"]),
-    ("Oi_gt_O", _with(I, rng.standard_normal((TI, D, O + 1))), ValueError, ["init"]),
+    ("Ti_gt_T", _with(I, rng.standard_normal((T + 1, D, OI))), ValueError, ["init", "init_shape"]),
+    ("Oi_gt_O", _with(I, rng.standard_normal((TI, D, O + 1))), ValueError, ["init", "init_shape"]),
     (
         "central_O_lt_3",
         _chain(_with(C, lambda c: c[..., :2]), _with(I, lambda g: g[..., :1]),
@@ -178,7 +179,7 @@ def test_singular_batch_element_is_named(entry, dtype):
     coefficients = make_full_rank_equations(310, batch=(2, 3), T=Tn, D=Dn, O=On, dtype=dtype)
     coefficients[1, 2] = 0.0
     rhs = np.ones((2, 3, Tn, Dn * On + 1), dtype=dtype)
-    init = np.zeros((0, Dn, 1), dtype=dtype)
+    init = np.zeros((0, Dn, 0), dtype=dtype)
     steps = np.zeros((0,), dtype=dtype)
     # The problem minus the bad element is fine.
     call(entry, [coefficients[:1], rhs[:1], init, steps], {})
@@ -189,6 +190,22 @@ def test_singular_batch_element_is_named(entry, dtype):
     assert [tuple(i) for i in err.batch_indices] == [(1, 2)]
     assert list(err.steps) == [0]
     assert _mentions_index(str(err), (1, 2)), str(err)
+
+
+def test_singular_index_is_into_the_lhs_batch():
+    """Left-hand side batch (1, 3) against right-hand side batch (5, 3): the failing system
+    is named by its index into the left-hand side's batch, (0, 2)."""
+    Tn, Dn, On = 1, 1, 2
+    coefficients = make_full_rank_equations(312, batch=(1, 3), T=Tn, D=Dn, O=On)
+    coefficients[0, 2] = 0.0
+    rhs = np.ones((5, 3, Tn, Dn * On + 1))
+    init = np.zeros((0, Dn, 0))
+    steps = np.zeros((0,))
+    for entry in ("smnn_solve", "smnn_factor"):
+        with pytest.raises(bandsolve.FactorizationError) as info:
+            call(entry, [coefficients, rhs, init, steps], {})
+        assert [tuple(i) for i in info.value.batch_indices] == [(0, 2)], entry
+        assert list(info.value.steps) == [0]
 
 
 def test_overflowing_system_is_an_error_not_nan():

@@ -61,10 +61,21 @@ def _setup(problem, seed=0, **kw):
 
 @pytest.mark.parametrize("central", [False, True])
 @pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0), (1.7, 0.6, 1.3)], ids=str)
-def test_vjp_matches_finite_differences(weights, central):
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # (T, E, D, O, Ti, Oi)
+        (4, 2, 2, 3, 1, 2),
+        (5, 1, 1, 4, 2, 3),
+        (4, 3, 1, 3, 4, 1),
+    ],
+    ids=str,
+)
+def test_vjp_matches_finite_differences(shape, weights, central):
+    T, E, D, O, Ti, Oi = shape
     we, wi, ws = weights
     kw = dict(weight_equation=we, weight_init=wi, weight_smooth=ws, central_smoothness=central)
-    problem = make_problem(200, T=4, E=2, D=2, O=3, Ti=1, Oi=2)
+    problem = make_problem(200 + T + O, T=T, E=E, D=D, O=O, Ti=Ti, Oi=Oi)
     checked_cond(oracle_solve(*problem, **kw)[1])
     u, vjp, ubar = _setup(problem, **kw)
     u_ref, cond = oracle_solve(*problem, **kw)
