@@ -5,6 +5,8 @@ relies on NaN failing the ``pivot > 0`` test. ``cache=True`` keeps import and fi
 after the first run on a machine.
 """
 
+import types
+
 import numba
 
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
@@ -19,6 +21,33 @@ def jit_helper(func):
     return numba.njit(**JIT_OPTIONS)(func)
 
 
+class BatchKernel:
+    """A kernel whose outer loop is a ``numba.prange`` over systems, compiled twice:
+    threaded, and serial for a single system (waking the thread pool for one system costs
+    more than it gives, and on a busy machine it waits for a second core).
+
+    ``kernel(*args)`` runs threaded; ``kernel.for_batch(n)(*args)`` picks by batch size.
+    """
+
+    def __init__(self, func):
+        self.py_func = func
+        self.parallel = numba.njit(parallel=True, **JIT_OPTIONS)(func)
+        # a renamed copy, so the on-disk cache keeps the two compilations apart
+        serial = types.FunctionType(func.__code__, func.__globals__, func.__name__ + "_serial",
+                                    func.__defaults__, func.__closure__)
+        serial.__qualname__ = func.__qualname__ + "_serial"
+        serial.__doc__ = func.__doc__
+        self.serial = numba.njit(**JIT_OPTIONS)(serial)
+        self.__doc__ = func.__doc__
+        self.__name__ = func.__name__
+
+    def __call__(self, *args):
+        return self.parallel(*args)
+
+    def for_batch(self, n_systems):
+        return self.serial if n_systems <= 1 else self.parallel
+
+
 def jit_kernel(func):
     """Compile a batch kernel whose outer loop is a ``numba.prange`` over systems."""
-    return numba.njit(parallel=True, **JIT_OPTIONS)(func)
+    return BatchKernel(func)

@@ -59,21 +59,29 @@ def check_rank(name, array, min_ndim, layout):
         )
 
 
+def not_finite_error(name, where):
+    """The error for NaN/Inf at index ``where`` (shared by the host and device checks)."""
+    return ValueError(f"{name} contains NaN or Inf (first at index {where})")
+
+
+def not_positive_error(name, value, where):
+    """The error for a non-positive ``value`` at index ``where`` (host and device)."""
+    return ValueError(f"{name} must be positive; got {value!r} at index {where}")
+
+
 def check_finite(name, array):
     """``ValueError`` if ``array`` holds NaN or Inf, naming the first bad position."""
     finite = np.isfinite(array)
     if not finite.all():
         where = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise ValueError(f"{name} contains NaN or Inf (first at index {where})")
+        raise not_finite_error(name, where)
 
 
 def check_positive(name, array):
     """``ValueError`` unless every entry of ``array`` is positive (after ``check_finite``)."""
     if array.size and not (array > 0).all():
         where = tuple(int(i) for i in np.argwhere(~(array > 0))[0])
-        raise ValueError(
-            f"{name} must be positive; got {array[where]!r} at index {where}"
-        )
+        raise not_positive_error(name, array[where], where)
 
 
 def check_weight(name, value):

@@ -18,6 +18,7 @@ from .cpu.smnn import (
     assemble_and_factor_kernel,
     assemble_kernel,
     assemble_rhs_kernel,
+    factor_and_solve_kernel,
     gradient_kernel,
 )
 from .errors import raise_if_failed
@@ -62,9 +63,9 @@ class _LeftHandSide:
         return (self.n_orders, self.n_init_steps, self.n_init_orders,
                 we * we, wi * wi, ws * ws, self.central)
 
-    def assemble_rhs(self, rhs, init, batch):
-        """``b`` ``(B, T, n)`` for the full batch ``batch``, and the flat rhs with the index
-        maps that the gradient kernel needs: ``(b, lhs_index, rhs_flat, rhs_index)``."""
+    def flat_rhs(self, rhs, init, batch):
+        """Right-hand-side inputs flattened for the kernels, with their index maps over
+        the full batch ``batch``: ``(rhs_flat, rhs_index, init_flat, init_index, lhs_index)``."""
         rhs_flat = np.ascontiguousarray(rhs).reshape((-1,) + rhs.shape[-2:])
         lhs_index = v.flat_batch_index(self.batch_shape, batch)
         rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
@@ -74,9 +75,15 @@ class _LeftHandSide:
         else:  # no initial values: one empty row that every system points to
             init_flat = np.zeros((1, 0, self.n_dims, 0), dtype=self.dtype)
             init_index = np.zeros_like(lhs_index)
+        return rhs_flat, rhs_index, init_flat, init_index, lhs_index
+
+    def assemble_rhs(self, rhs, init, batch):
+        """``b`` ``(B, T, n)`` for the full batch ``batch``, and the flat rhs with the index
+        maps that the gradient kernel needs: ``(b, lhs_index, rhs_flat, rhs_index)``."""
+        rhs_flat, rhs_index, init_flat, init_index, lhs_index = self.flat_rhs(rhs, init, batch)
         b = np.empty((lhs_index.size, self.n_steps, self.block_size), dtype=self.dtype)
         we, wi, _ = self.weights
-        assemble_rhs_kernel(self.coefficients, lhs_index, rhs_flat, rhs_index, init_flat,
+        assemble_rhs_kernel.for_batch(lhs_index.size)(self.coefficients, lhs_index, rhs_flat, rhs_index, init_flat,
                             init_index, self.n_orders, we * we, wi * wi, b)
         return b, lhs_index, rhs_flat, rhs_index
 
@@ -85,9 +92,39 @@ class _LeftHandSide:
                          self.block_size, self.block_size), dtype=self.dtype)
 
 
+# ----------------------------------------------------------------------------- dispatch
+
+def _on_device(**arrays):
+    """True for device inputs, False for host inputs, ``TypeError`` if they are mixed."""
+    return v.backend_of(**arrays) == "device"
+
+
+def _gpu():
+    """The CUDA backend (imported on first use: it imports ``numba.cuda``)."""
+    from .gpu import smnn as gpu_smnn
+
+    return gpu_smnn
+
+
+def _host_options(stream, algorithm):
+    """The device-only keywords must keep their defaults for host inputs."""
+    if stream is not None:
+        raise TypeError("stream= applies to device (CuPy / CUDA) inputs; these inputs are "
+                        "host (NumPy) arrays")
+    if algorithm != "auto":
+        raise ValueError(f"algorithm={algorithm!r} picks a CUDA kernel shape; host (NumPy) "
+                         "inputs use the CPU solver (leave algorithm='auto')")
+
+
 # ----------------------------------------------------------------------------- validation
 
-def _prepare(name, value):
+def _prepare(name, value, device=False):
+    """Host: a float NumPy array whose values are checked. Device: the device array with
+    its dtype checked; its values are checked only on request (``check=True``), since that
+    would synchronise the device (STYLE habit 6)."""
+    if device:
+        v.check_dtype(name, value.dtype)
+        return value
     array = v.as_host_array(name, value)
     v.check_finite(name, array)
     return array
@@ -115,17 +152,18 @@ def _infer_n_steps(n_steps, coefficients=None, rhs=None, steps=None):
 
 
 def _check_lhs(coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
-               central_smoothness, rhs=None):
+               central_smoothness, rhs=None, device=False):
     """Validate coefficients, steps, weights; returns (coefficients, steps, T, weights)."""
-    coefficients = _prepare("coefficients", coefficients)
-    steps = _prepare("steps", steps)
+    coefficients = _prepare("coefficients", coefficients, device)
+    steps = _prepare("steps", steps, device)
     v.check_rank("coefficients", coefficients, 4, _LAYOUTS["coefficients"])
     v.check_rank("steps", steps, 1, _LAYOUTS["steps"])
     T = _infer_n_steps(n_steps, coefficients=coefficients, rhs=rhs, steps=steps)
     if steps.shape[-1] not in (1, T - 1):
         raise ValueError(
             f"steps must have shape {_LAYOUTS['steps']} = (..., {T - 1} or 1); got {steps.shape}")
-    v.check_positive("steps", steps)
+    if not device:
+        v.check_positive("steps", steps)
     n_orders = coefficients.shape[-1]
     if central_smoothness and n_orders < 3:
         raise ValueError(
@@ -138,11 +176,11 @@ def _check_lhs(coefficients, steps, n_steps, weight_equation, weight_init, weigh
     return coefficients, steps, T, weights
 
 
-def _check_rhs(lhs_shape, rhs, init, T):
+def _check_rhs(lhs_shape, rhs, init, T, device=False):
     """Validate rhs and init against the left-hand side's ``(E, D, O)`` and ``T``."""
     _, E, D, O = lhs_shape[-4:]
-    rhs = _prepare("rhs", rhs)
-    init = _prepare("init", init)
+    rhs = _prepare("rhs", rhs, device)
+    init = _prepare("init", init, device)
     v.check_rank("rhs", rhs, 2, _LAYOUTS["rhs"])
     v.check_rank("init", init, 3, _LAYOUTS["init"])
     if rhs.shape[-1] != E or rhs.shape[-2] not in (1, T):
@@ -169,31 +207,37 @@ def _check_init_shape(init_shape, coefficients, T):
 
 
 def _common_dtype(*arrays):
-    return v.check_dtype("inputs", np.result_type(*arrays))
+    return v.check_dtype("inputs", np.result_type(*(a.dtype for a in arrays)))
 
 
 def _validate(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
-              weight_smooth, central_smoothness):
-    """All checks of a full problem, before any kernel runs."""
+              weight_smooth, central_smoothness, device=False):
+    """All checks of a full problem, before any kernel runs (``device=True``: metadata
+    only, and the arrays are returned uncast; ``bandsolve.gpu`` casts on the device)."""
     v.backend_of(coefficients=coefficients, rhs=rhs, init=init, steps=steps)
-    rhs_array = _prepare("rhs", rhs)
+    rhs_array = _prepare("rhs", rhs, device)
     v.check_rank("rhs", rhs_array, 2, _LAYOUTS["rhs"])
     coefficients, steps, T, weights = _check_lhs(
         coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
-        central_smoothness, rhs=rhs_array)
-    rhs, init = _check_rhs(coefficients.shape, rhs_array, init, T)
+        central_smoothness, rhs=rhs_array, device=device)
+    rhs, init = _check_rhs(coefficients.shape, rhs_array, init, T, device)
     v.broadcast_batch(coefficients=coefficients.shape[:-4], rhs=rhs.shape[:-2],
                       init=init.shape[:-3], steps=steps.shape[:-1])
+    if device:
+        return coefficients, rhs, init, steps, T, weights
     dtype = _common_dtype(coefficients, rhs, init, steps)
     return (coefficients.astype(dtype, copy=False), rhs.astype(dtype, copy=False),
             init.astype(dtype, copy=False), steps.astype(dtype, copy=False), T, weights)
 
 
 def _factor(coefficients, steps, T, init_shape, weights, central):
-    lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central)
+    return _factor_lhs(_LeftHandSide(coefficients, steps, T, init_shape, weights, central))
+
+
+def _factor_lhs(lhs):
     lower = lhs.empty_blocks()
     info = np.zeros(lower.shape[0], dtype=np.int64)
-    assemble_and_factor_kernel(lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
+    assemble_and_factor_kernel.for_batch(lower.shape[0])(lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
     raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
     return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
 
@@ -221,10 +265,17 @@ class SMNNFactorization:
     @classmethod
     def from_lower(cls, lower, coefficients, steps, *, init_shape, n_steps=None,
                    weight_equation=1.0, weight_init=1.0, weight_smooth=1.0,
-                   central_smoothness=False):
+                   central_smoothness=False, stream=None, algorithm="auto"):
         """Rebuild a factorisation from its ``lower`` factor (as returned by ``.lower``)
         and the same arguments as :func:`smnn_factor`, without refactoring. For adapters
         that must carry the factor between forward and backward passes as an array."""
+        if _on_device(lower=lower, coefficients=coefficients, steps=steps):
+            return _gpu().from_lower(lower, coefficients, steps, init_shape=init_shape,
+                                     n_steps=n_steps, weight_equation=weight_equation,
+                                     weight_init=weight_init, weight_smooth=weight_smooth,
+                                     central_smoothness=central_smoothness, stream=stream,
+                                     algorithm=algorithm)
+        _host_options(stream, algorithm)
         v.backend_of(lower=lower, coefficients=coefficients, steps=steps)
         coefficients, steps, T, weights = _check_lhs(
             coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
@@ -347,7 +398,7 @@ class SMNNFactorization:
         coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=lhs.dtype)
         rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=lhs.dtype)
         steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=lhs.dtype)
-        gradient_kernel(lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y,
+        gradient_kernel.for_batch(B)(lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y,
                         lhs.n_orders, we * we, ws * ws, lhs.central,
                         coefficients_bar, rhs_bar, steps_bar)
         D, O = lhs.n_dims, lhs.n_orders
@@ -366,7 +417,8 @@ class SMNNFactorization:
 
 
 def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equation=1.0,
-                weight_init=1.0, weight_smooth=1.0, central_smoothness=False):
+                weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
+                check=False, algorithm="auto"):
     """Factor the S-MNN normal matrix once, for reuse with many right-hand sides.
 
     Parameters
@@ -376,11 +428,26 @@ def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equatio
     init_shape : ``(Ti, Oi)``, which entries carry initial values (``t < Ti``, ``o < Oi``);
         part of the left-hand side because they add ``weight_init**2`` to its diagonal.
     n_steps : ``T``, needed only when neither input carries it.
+    stream, check, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
+        stream to run on (default: CuPy's current stream for CuPy inputs). ``check=True``
+        also checks the input values and the factorisation status, which synchronises the
+        device; by default a failed system's result is NaN and the failure is reported by
+        ``smnn_factor(...).status``. ``algorithm``: ``"auto"``, ``"thread"`` (a thread per
+        system), ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in
+        time).
 
-    Returns an :class:`SMNNFactorization`; ``.solve(rhs, init)`` equals
+    Returns an :class:`SMNNFactorization` (a ``bandsolve.gpu.DeviceSMNNFactorization``,
+    with a per-system ``.status``, for device inputs); ``.solve(rhs, init)`` equals
     ``smnn_solve(coefficients, rhs, init, steps, ...)``. Raises ``FactorizationError``
     naming the batch indices and time steps where the matrix is not positive definite.
     """
+    if _on_device(coefficients=coefficients, steps=steps):
+        return _gpu().factor(coefficients, steps, init_shape=init_shape, n_steps=n_steps,
+                             weight_equation=weight_equation, weight_init=weight_init,
+                             weight_smooth=weight_smooth,
+                             central_smoothness=central_smoothness, stream=stream,
+                             check=check, algorithm=algorithm)
+    _host_options(stream, algorithm)
     v.backend_of(coefficients=coefficients, steps=steps)
     coefficients, steps, T, weights = _check_lhs(
         coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
@@ -392,7 +459,8 @@ def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equatio
 
 
 def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
-               weight_init=1.0, weight_smooth=1.0, central_smoothness=False):
+               weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
+               check=False, algorithm="auto"):
     """Solve the S-MNN least-squares problem (DESIGN.md section 1).
 
     Parameters
@@ -406,6 +474,13 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
     n_steps : ``T``, needed only when no input carries it.
     weight_equation, weight_init, weight_smooth : positive row weights.
     central_smoothness : add central rows (needs ``O >= 3``; block-pentadiagonal system).
+    stream, check, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
+        stream to run on (default: CuPy's current stream for CuPy inputs). ``check=True``
+        also checks the input values and the factorisation status, which synchronises the
+        device; by default a failed system's result is NaN and the failure is reported by
+        ``smnn_factor(...).status``. ``algorithm``: ``"auto"``, ``"thread"`` (a thread per
+        system), ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in
+        time).
 
     Leading batch axes broadcast by NumPy rules; the left-hand side is factored once per
     distinct (coefficients, steps) batch element. float32 or float64.
@@ -416,15 +491,24 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
 
     Raises ``ValueError``/``TypeError`` for bad input (before any computation) and
     ``FactorizationError`` (a ``numpy.linalg.LinAlgError``) naming the systems and time
-    steps where the normal matrix is not positive definite.
+    steps where the normal matrix is not positive definite (on the device: only with
+    ``check=True``). CuPy inputs give CuPy results; other device arrays give Numba device
+    arrays; mixing host and device inputs is a ``TypeError``.
     """
+    if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
+        return _gpu().solve(coefficients, rhs, init, steps, n_steps=n_steps,
+                            weight_equation=weight_equation, weight_init=weight_init,
+                            weight_smooth=weight_smooth, central_smoothness=central_smoothness,
+                            stream=stream, check=check, algorithm=algorithm, with_vjp=False)
+    _host_options(stream, algorithm)
     u, _ = _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation,
                        weight_init, weight_smooth, central_smoothness, with_vjp=False)
     return u
 
 
 def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
-                   weight_init=1.0, weight_smooth=1.0, central_smoothness=False):
+                   weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
+                   check=False, algorithm="auto"):
     """:func:`smnn_solve` plus its vector-Jacobian product.
 
     Returns ``(u, vjp)``; ``vjp(ubar)`` with ``ubar`` ``(..., T, D, O)`` returns
@@ -432,6 +516,12 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
     (summed over broadcast axes). The backward pass reuses the forward factorisation:
     one extra pair of substitutions and an O(T n^2) gradient sweep.
     """
+    if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
+        return _gpu().solve(coefficients, rhs, init, steps, n_steps=n_steps,
+                            weight_equation=weight_equation, weight_init=weight_init,
+                            weight_smooth=weight_smooth, central_smoothness=central_smoothness,
+                            stream=stream, check=check, algorithm=algorithm, with_vjp=True)
+    _host_options(stream, algorithm)
     return _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation,
                        weight_init, weight_smooth, central_smoothness, with_vjp=True)
 
@@ -443,13 +533,26 @@ def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight
         weight_smooth, central_smoothness)
     Ti, _, Oi = init.shape[-3:]
     init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
-    factorization = _factor(coefficients, steps, T, init_shape, weights, central_smoothness)
-    batch = v.broadcast_batch(factor=factorization.batch_shape, rhs=rhs.shape[:-2],
-                              init=init.shape[:-3])
-    if with_vjp:
-        return factorization._solve_vjp(rhs, init, batch)
-    x, _ = factorization._solve(rhs, init, batch)
-    return factorization._shape_u(x, batch), None
+    lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central_smoothness)
+    batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs.shape[:-2], init=init.shape[:-3])
+    if batch == lhs.batch_shape:
+        # one right-hand side per left-hand side: factor and solve each system in one
+        # pass while its factor is still in cache
+        rhs_flat, rhs_index, init_flat, init_index, _ = lhs.flat_rhs(rhs, init, batch)
+        lower = lhs.empty_blocks()
+        info = np.zeros(lower.shape[0], dtype=np.int64)
+        x = np.empty((lower.shape[0], T, lhs.block_size), dtype=lhs.dtype)
+        factor_and_solve_kernel.for_batch(lower.shape[0])(lhs.coefficients, lhs.steps, rhs_flat, rhs_index, init_flat,
+                                init_index, *lhs.kernel_scalars(), lower, info, x)
+        raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
+        factorization = SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
+    else:
+        factorization = _factor_lhs(lhs)
+        x, _ = factorization._solve(rhs, init, batch)
+    u = factorization._shape_u(x, batch)
+    if not with_vjp:
+        return u, None
+    return u, lambda ubar: factorization._backward(rhs, init, batch, x, ubar)
 
 
 def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
@@ -461,6 +564,9 @@ def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
     (bandwidth 1, or 2 with central smoothness; block size ``n = D*O``, unknown index
     ``d*O + o``) and ``b`` ``(..., T, n)`` with the full batch.
     """
+    if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
+        raise TypeError("smnn_normal_equations works on host (NumPy) arrays only; copy the "
+                        "inputs to the host first (e.g. cupy.asnumpy)")
     coefficients, rhs, init, steps, T, weights = _validate(
         coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
         weight_smooth, central_smoothness)
@@ -468,7 +574,7 @@ def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
     init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
     lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central_smoothness)
     blocks = lhs.empty_blocks()
-    assemble_kernel(lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), blocks)
+    assemble_kernel.for_batch(blocks.shape[0])(lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), blocks)
     matrix = BlockBanded(blocks.reshape(lhs.batch_shape + blocks.shape[1:]))
     batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs.shape[:-2], init=init.shape[:-3])
     b, *_ = lhs.assemble_rhs(rhs, init, batch)

@@ -65,12 +65,14 @@ def subtract_gram_lower(x, g):
 def right_solve_lower_transpose(x, l):
     """``x <- x @ inv(l).T`` for lower-triangular ``l``: each row of ``x`` solves ``l y = x_r``."""
     n = x.shape[0]
-    for r in range(n):
-        for i in range(n):
+    for i in range(n):
+        # one division per column instead of per entry: the division is the slow part
+        inverse = 1.0 / l[i, i]
+        for r in range(n):
             value = x[r, i]
             for k in range(i):
                 value -= l[i, k] * x[r, k]
-            x[r, i] = value / l[i, i]
+            x[r, i] = value * inverse
 
 
 @jit_helper
@@ -114,3 +116,4 @@ def subtract_matvec_transpose(v, a, w):
         wk = w[k]
         for i in range(n):
             v[i] -= a[k, i] * wk
+

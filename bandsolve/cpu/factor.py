@@ -46,13 +46,20 @@ def factor_block_row(lower, t):
 
 
 @jit_helper
+def forward_substitute_step(lower, v, t):
+    """Step ``t`` of ``v <- L^{-1} v`` (steps ``< t`` done): lower ``(T, p+1, n, n)``,
+    v ``(T, n)``."""
+    p = lower.shape[1] - 1
+    for j in range(1, min(p, t) + 1):
+        subtract_matvec(v[t], lower[t, j], v[t - j])
+    solve_lower(lower[t, 0], v[t])
+
+
+@jit_helper
 def forward_substitute(lower, v):
     """``v <- L^{-1} v`` for one system: lower ``(T, p+1, n, n)``, v ``(T, n)``."""
-    p = lower.shape[1] - 1
     for t in range(v.shape[0]):
-        for j in range(1, min(p, t) + 1):
-            subtract_matvec(v[t], lower[t, j], v[t - j])
-        solve_lower(lower[t, 0], v[t])
+        forward_substitute_step(lower, v, t)
 
 
 @jit_helper

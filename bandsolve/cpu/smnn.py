@@ -1,6 +1,11 @@
 """S-MNN kernels: normal-equation assembly (fused with the factorisation), right-hand
 side and gradient pieces. The rows themselves come from ``bandsolve.formulation``.
 
+``assemble_block_row`` is the portable reference (no scratch beyond the Taylor rows; the
+CUDA backend compiles it too). The CPU sweep uses ``assemble_block_row_cached``, which
+builds the same matrix but keeps the smoothness Gram matrices of the last two step sizes:
+they depend on the step size alone, so on a uniform grid they are computed once.
+
 Canonical flattened inputs (the core reshapes once, at the boundary):
 
 - coefficients ``(Bl, Tc, E, n)`` with ``Tc`` in ``{1, T}`` (step length 1 broadcasts)
@@ -14,8 +19,7 @@ import numpy as np
 
 from .._jit import jit_helper, jit_kernel
 from ..formulation import central_weights, n_taylor_orders, taylor_rows
-from .factor import backward_substitute, factor_block_row, forward_substitute
-from .lanes import factor_block_row_lanes, substitute_lanes
+from .factor import backward_substitute, factor_block_row, forward_substitute_step
 
 
 @jit_helper
@@ -144,23 +148,89 @@ def assemble_kernel(coefficients, steps, n_orders, n_init_steps, n_init_orders,
                       n_init_orders, we2, wi2, ws2, central, blocks[b, t], rows, drows)
 
 
+# ----------------------------------------------------------------------------- cached assembly (CPU sweep)
+
 @jit_helper
-def _factor_system(coefficients, steps, n_orders, n_init_steps, n_init_orders, we2, wi2,
-                   ws2, central, lower):
+def taylor_pair_gram(h, n_orders, n_k, ws2, rows, drows, gram):
+    """``gram`` ``(2O, 2O)`` ``= ws2 * sum_r a_r a_r^T`` over the Taylor rows of step ``h``
+    (first ``O`` indices: ``u[t, d, :]``, last ``O``: ``u[t+1, d, :]``, any ``d``)."""
+    taylor_rows(h, n_orders, n_k, rows, drows)
+    for i in range(2 * n_orders):
+        for j in range(2 * n_orders):
+            value = 0.0
+            for r in range(2 * n_k):
+                value += rows[r, i] * rows[r, j]
+            gram[i, j] = ws2 * value
+
+
+@jit_helper
+def _cached_pair_gram(steps, t, n_orders, n_k, ws2, rows, drows, grams, gram_steps):
+    """Slot ``t % 2`` of ``grams`` ``(2, 2O, 2O)`` holds the Gram matrix of pair
+    ``(t, t+1)`` afterwards; recomputed only if its step size differs from the cached one
+    (``gram_steps`` ``(2,)``, NaN initially), so a uniform grid computes it once."""
+    slot = t % 2
+    h = steps[_time_index(t, steps.shape[0])]
+    if h != gram_steps[slot]:
+        taylor_pair_gram(h, n_orders, n_k, ws2, rows, drows, grams[slot])
+        gram_steps[slot] = h
+
+
+@jit_helper
+def assemble_block_row_cached(coefficients, steps, t, n_steps, n_orders, n_init_steps,
+                              n_init_orders, we2, wi2, ws2, central, row, grams, gram_steps,
+                              rows, drows):
+    """Block row ``t`` of ``M`` into ``row`` ``(p+1, n, n)``: the same matrix as
+    :func:`assemble_block_row`, with the pair Gram matrices cached across ``t``
+    (grams ``(2, 2O, 2O)``, gram_steps ``(2,)`` NaN-initialised by the caller)."""
+    n_dims = row.shape[1] // n_orders
+    n_k = n_taylor_orders(n_orders, central)
+    row[:] = 0.0
+    _add_equations_and_init(coefficients, t, n_orders, n_init_steps, n_init_orders,
+                            we2, wi2, row[0])
+    if t < n_steps - 1:
+        _cached_pair_gram(steps, t, n_orders, n_k, ws2, rows, drows, grams, gram_steps)
+    for d in range(n_dims):
+        base = d * n_orders
+        for i in range(n_orders):
+            for j in range(n_orders):
+                if t < n_steps - 1:  # pair (t, t+1): u[t] is the first half
+                    row[0, base + i, base + j] += grams[t % 2, i, j]
+                if t >= 1:  # pair (t-1, t), cached at the previous step
+                    before = grams[(t - 1) % 2]
+                    row[0, base + i, base + j] += before[n_orders + i, n_orders + j]
+                    row[1, base + i, base + j] += before[n_orders + i, j]
+    if central:
+        add_central_block_row(steps, t, n_steps, n_orders, ws2, row)
+
+
+# ----------------------------------------------------------------------------- fused kernels
+
+@jit_helper
+def _factor_system(coefficients, steps, rhs, init, n_orders, n_init_steps, n_init_orders,
+                   we2, wi2, ws2, central, lower, z):
     """Assemble and factor one system block row by block row (each row built while hot).
-    lower ``(T, p+1, n, n)``. Returns 0 or ``t + 1`` for the first failed block row."""
+
+    lower ``(T, p+1, n, n)``. If z ``(T, n)`` is non-empty, also assemble the right-hand
+    side from rhs ``(Tr, E)`` and init ``(Ti, D, Oi)`` and forward-substitute it in the
+    same sweep (``z = L^{-1} b``), saving a pass over the factor. Returns 0 or ``t + 1``
+    for the first failed block row.
+    """
     n_k = n_taylor_orders(n_orders, central)
     rows = np.empty((2 * n_k, 2 * n_orders), dtype=np.float64)
     drows = np.empty_like(rows)
     grams = np.empty((2, 2 * n_orders, 2 * n_orders), dtype=lower.dtype)
     gram_steps = np.full(2, np.nan, dtype=steps.dtype)
     n_steps = lower.shape[0]
+    with_rhs = z.shape[0] > 0
     for t in range(n_steps):
         assemble_block_row_cached(coefficients, steps, t, n_steps, n_orders, n_init_steps,
                                   n_init_orders, we2, wi2, ws2, central, lower[t], grams,
                                   gram_steps, rows, drows)
         if factor_block_row(lower, t) != 0:
             return t + 1
+        if with_rhs:
+            _assemble_rhs_step(coefficients, rhs, init, t, n_orders, we2, wi2, z[t])
+            forward_substitute_step(lower, z, t)
     return 0
 
 
@@ -169,28 +239,29 @@ def assemble_and_factor_kernel(coefficients, steps, n_orders, n_init_steps, n_in
                                we2, wi2, ws2, central, lower, info):
     """Fused assembly + block Cholesky: lower ``(Bl, T, p+1, n, n)`` receives ``L``;
     info ``(Bl,)`` gets 0 or ``t + 1``."""
+    no_rhs = np.empty((0, 0), dtype=lower.dtype)
+    no_init = np.empty((0, 0, 0), dtype=lower.dtype)
     for b in numba.prange(lower.shape[0]):
-        info[b] = _factor_system(coefficients[b], steps[b], n_orders, n_init_steps,
-                                 n_init_orders, we2, wi2, ws2, central, lower[b])
+        info[b] = _factor_system(coefficients[b], steps[b], no_rhs, no_init, n_orders,
+                                 n_init_steps, n_init_orders, we2, wi2, ws2, central,
+                                 lower[b], no_rhs)
 
 
 @jit_helper
-def _assemble_rhs_system(coefficients, rhs, init, n_orders, we2, wi2, out):
-    """``b = we^2 C_t^T r_t + wi^2 g`` for one system: coefficients ``(Tc, E, n)``, rhs
-    ``(Tr, E)``, init ``(Ti, D, Oi)``, out ``(T, n)``."""
-    n_steps, n = out.shape
-    for t in range(n_steps):
-        c = coefficients[_time_index(t, coefficients.shape[0])]
-        r = rhs[_time_index(t, rhs.shape[0])]
-        for a in range(n):
-            value = 0.0
-            for e in range(c.shape[0]):
-                value += c[e, a] * r[e]
-            out[t, a] = we2 * value
-        if t < init.shape[0]:
-            for d in range(init.shape[1]):
-                for o in range(init.shape[2]):
-                    out[t, d * n_orders + o] += wi2 * init[t, d, o]
+def _assemble_rhs_step(coefficients, rhs, init, t, n_orders, we2, wi2, out):
+    """``b_t = we^2 C_t^T r_t + wi^2 g_t`` into out ``(n,)``: coefficients ``(Tc, E, n)``,
+    rhs ``(Tr, E)``, init ``(Ti, D, Oi)``."""
+    c = coefficients[_time_index(t, coefficients.shape[0])]
+    r = rhs[_time_index(t, rhs.shape[0])]
+    for a in range(out.shape[0]):
+        value = 0.0
+        for e in range(c.shape[0]):
+            value += c[e, a] * r[e]
+        out[a] = we2 * value
+    if t < init.shape[0]:
+        for d in range(init.shape[1]):
+            for o in range(init.shape[2]):
+                out[d * n_orders + o] += wi2 * init[t, d, o]
 
 
 @jit_kernel
@@ -198,26 +269,28 @@ def assemble_rhs_kernel(coefficients, lhs_index, rhs, rhs_index, init, init_inde
                         n_orders, we2, wi2, out):
     """Right-hand side ``b = we^2 C_t^T r_t + wi^2 g`` into out ``(B, T, n)``."""
     for i in numba.prange(out.shape[0]):
-        _assemble_rhs_system(coefficients[lhs_index[i]], rhs[rhs_index[i]],
-                             init[init_index[i]], n_orders, we2, wi2, out[i])
+        for t in range(out.shape[1]):
+            _assemble_rhs_step(coefficients[lhs_index[i]], rhs[rhs_index[i]],
+                               init[init_index[i]], t, n_orders, we2, wi2, out[i, t])
 
 
 @jit_kernel
 def factor_and_solve_kernel(coefficients, steps, rhs, rhs_index, init, init_index, n_orders,
                             n_init_steps, n_init_orders, we2, wi2, ws2, central, lower, info,
                             x):
-    """Assemble, factor and solve system ``b`` with right-hand side ``b`` in one pass, so
-    the factor is still in cache for the substitutions (left-hand-side batch == full
-    batch). x ``(B, T, n)`` receives the solution (garbage where info is non-zero)."""
+    """Assemble, factor and solve system ``b`` with right-hand side ``b`` in one pass
+    (forward substitution inside the factor sweep, backward right after it), for a
+    left-hand-side batch equal to the full batch. x ``(B, T, n)`` receives the solution
+    (garbage where info is non-zero)."""
     for b in numba.prange(lower.shape[0]):
-        info[b] = _factor_system(coefficients[b], steps[b], n_orders, n_init_steps,
-                                 n_init_orders, we2, wi2, ws2, central, lower[b])
+        info[b] = _factor_system(coefficients[b], steps[b], rhs[rhs_index[b]],
+                                 init[init_index[b]], n_orders, n_init_steps, n_init_orders,
+                                 we2, wi2, ws2, central, lower[b], x[b])
         if info[b] == 0:
-            _assemble_rhs_system(coefficients[b], rhs[rhs_index[b]], init[init_index[b]],
-                                 n_orders, we2, wi2, x[b])
-            forward_substitute(lower[b], x[b])
             backward_substitute(lower[b], x[b])
 
+
+# ----------------------------------------------------------------------------- gradients
 
 @jit_kernel
 def gradient_kernel(coefficients, steps, lhs_index, rhs, rhs_index, x, y, n_orders,
@@ -297,179 +370,3 @@ def gradient_kernel(coefficients, steps, lhs_index, rhs, rhs_index, x, y, n_orde
                 # s = h[t] + h[t+1]: ds/dh[t] = ds/dh[t+1] = 1
                 steps_bar[i, th0] -= ws2 * total
                 steps_bar[i, th1] -= ws2 * total
-
-
-# ----------------------------------------------------------------------------- lane kernels
-# The fast CPU path: the same rows and recurrences, vectorised across a group of W
-# systems (layout in ``lanes.py``). Smoothness Gram matrices depend only on the step size,
-# so each lane keeps the last two (one per parity of t) and recomputes only when its step
-# size changes: on a uniform grid they are computed once per system.
-
-
-@jit_helper
-def taylor_pair_gram(h, n_orders, n_k, ws2, rows, drows, gram):
-    """``gram`` ``(2O, 2O)`` ``= ws2 * sum_r a_r a_r^T`` over the Taylor rows of step ``h``
-    (first ``O`` indices: ``u[t, d, :]``, last ``O``: ``u[t+1, d, :]``, any ``d``)."""
-    taylor_rows(h, n_orders, n_k, rows, drows)
-    for i in range(2 * n_orders):
-        for j in range(2 * n_orders):
-            value = 0.0
-            for r in range(2 * n_k):
-                value += rows[r, i] * rows[r, j]
-            gram[i, j] = ws2 * value
-
-
-@jit_helper
-def _cached_pair_gram(steps, t, n_orders, n_k, ws2, rows, drows, grams, gram_steps):
-    """Slot ``t % 2`` of ``grams`` ``(2, 2O, 2O)`` holds the Gram matrix of pair
-    ``(t, t+1)`` afterwards; recomputed only if its step size differs from the cached one
-    (``gram_steps`` ``(2,)``, NaN initially), so a uniform grid computes it once."""
-    slot = t % 2
-    h = steps[_time_index(t, steps.shape[0])]
-    if h != gram_steps[slot]:
-        taylor_pair_gram(h, n_orders, n_k, ws2, rows, drows, grams[slot])
-        gram_steps[slot] = h
-
-
-@jit_helper
-def assemble_block_row_cached(coefficients, steps, t, n_steps, n_orders, n_init_steps,
-                              n_init_orders, we2, wi2, ws2, central, row, grams, gram_steps,
-                              rows, drows):
-    """Block row ``t`` of ``M`` into ``row`` ``(p+1, n, n)``: the same matrix as
-    :func:`assemble_block_row`, with the pair Gram matrices cached across ``t``
-    (grams ``(2, 2O, 2O)``, gram_steps ``(2,)`` NaN-initialised by the caller)."""
-    n_dims = row.shape[1] // n_orders
-    n_k = n_taylor_orders(n_orders, central)
-    row[:] = 0.0
-    _add_equations_and_init(coefficients, t, n_orders, n_init_steps, n_init_orders,
-                            we2, wi2, row[0])
-    if t < n_steps - 1:
-        _cached_pair_gram(steps, t, n_orders, n_k, ws2, rows, drows, grams, gram_steps)
-    for d in range(n_dims):
-        base = d * n_orders
-        for i in range(n_orders):
-            for j in range(n_orders):
-                if t < n_steps - 1:  # pair (t, t+1): u[t] is the first half
-                    row[0, base + i, base + j] += grams[t % 2, i, j]
-                if t >= 1:  # pair (t-1, t), cached at the previous step
-                    before = grams[(t - 1) % 2]
-                    row[0, base + i, base + j] += before[n_orders + i, n_orders + j]
-                    row[1, base + i, base + j] += before[n_orders + i, j]
-    if central:
-        add_central_block_row(steps, t, n_steps, n_orders, ws2, row)
-
-
-@jit_helper
-def assemble_block_row_lanes(coefficients, steps, t, n_steps, n_orders, n_init_steps,
-                             n_init_orders, we2, wi2, ws2, central, row, grams, gram_steps,
-                             rows, drows):
-    """Block row ``t`` for one lane group (same matrix as :func:`assemble_block_row`).
-
-    coefficients ``(Tc, E, n, W)``, steps ``(Th, W)``, row ``(p+1, n, n, W)``; grams
-    ``(2, 2O, 2O, W)`` and gram_steps ``(2, W)`` cache the pair Gram matrices per lane.
-    The O(n^2 E) equation part runs across lanes; the cheap per-step smoothness pieces
-    reuse the scalar helpers on each lane's strided view.
-    """
-    n, lanes = row.shape[1], row.shape[3]
-    n_dims = n // n_orders
-    n_k = n_taylor_orders(n_orders, central)
-    row[:] = 0.0
-    c = coefficients[_time_index(t, coefficients.shape[0])]
-    diagonal = row[0]
-    for a in range(n):
-        for b in range(a + 1):
-            for e in range(c.shape[0]):
-                for w in range(lanes):
-                    diagonal[a, b, w] += c[e, a, w] * c[e, b, w]
-            for w in range(lanes):
-                diagonal[a, b, w] *= we2
-                diagonal[b, a, w] = diagonal[a, b, w]
-    if t < n_init_steps:
-        for d in range(n_dims):
-            for o in range(n_init_orders):
-                for w in range(lanes):
-                    diagonal[d * n_orders + o, d * n_orders + o, w] += wi2
-    if t < n_steps - 1:
-        for w in range(lanes):
-            _cached_pair_gram(steps[:, w], t, n_orders, n_k, ws2, rows, drows,
-                              grams[:, :, :, w], gram_steps[:, w])
-    after = grams[t % 2]
-    before = grams[(t - 1) % 2]
-    for d in range(n_dims):
-        base = d * n_orders
-        for i in range(n_orders):
-            for j in range(n_orders):
-                if t < n_steps - 1:
-                    for w in range(lanes):
-                        diagonal[base + i, base + j, w] += after[i, j, w]
-                if t >= 1:
-                    for w in range(lanes):
-                        diagonal[base + i, base + j, w] += before[n_orders + i, n_orders + j, w]
-                        row[1, base + i, base + j, w] += before[n_orders + i, j, w]
-    if central:
-        for w in range(lanes):
-            add_central_block_row(steps[:, w], t, n_steps, n_orders, ws2, row[:, :, :, w])
-
-
-@jit_helper
-def _factor_group(coefficients, steps, n_orders, n_init_steps, n_init_orders, we2, wi2,
-                  ws2, central, lower, info):
-    """Assemble and factor one lane group, block row by block row (rows built while hot)."""
-    n_steps, n, lanes = lower.shape[0], lower.shape[2], lower.shape[4]
-    n_k = n_taylor_orders(n_orders, central)
-    rows = np.empty((2 * n_k, 2 * n_orders), dtype=np.float64)
-    drows = np.empty_like(rows)
-    grams = np.empty((2, 2 * n_orders, 2 * n_orders, lanes), dtype=lower.dtype)
-    gram_steps = np.full((2, lanes), np.nan, dtype=steps.dtype)
-    pivots = np.empty((n, lanes), dtype=lower.dtype)
-    info[:] = 0
-    for t in range(n_steps):
-        assemble_block_row_lanes(coefficients, steps, t, n_steps, n_orders, n_init_steps,
-                                 n_init_orders, we2, wi2, ws2, central, lower[t], grams,
-                                 gram_steps, rows, drows)
-        factor_block_row_lanes(lower, t, pivots, info)
-
-
-@jit_kernel
-def assemble_and_factor_lanes_kernel(coefficients, steps, n_orders, n_init_steps,
-                                     n_init_orders, we2, wi2, ws2, central, lower, info):
-    """Fused assembly + block Cholesky, lane layout: coefficients ``(G, Tc, E, n, W)``,
-    steps ``(G, Th, W)``, lower ``(G, T, p+1, n, n, W)``, info ``(G, W)``."""
-    for g in numba.prange(lower.shape[0]):
-        _factor_group(coefficients[g], steps[g], n_orders, n_init_steps, n_init_orders,
-                      we2, wi2, ws2, central, lower[g], info[g])
-
-
-@jit_helper
-def _assemble_rhs_group(coefficients, rhs, init, n_orders, we2, wi2, out):
-    """``b = we^2 C_t^T r_t + wi^2 g`` for one lane group: coefficients ``(Tc, E, n, W)``,
-    rhs ``(Tr, E, W)``, init ``(Ti, D, Oi, W)``, out ``(T, n, W)``."""
-    n_steps, n, lanes = out.shape
-    out[:] = 0.0
-    for t in range(n_steps):
-        c = coefficients[_time_index(t, coefficients.shape[0])]
-        r = rhs[_time_index(t, rhs.shape[0])]
-        for a in range(n):
-            for e in range(c.shape[0]):
-                for w in range(lanes):
-                    out[t, a, w] += c[e, a, w] * r[e, w]
-            for w in range(lanes):
-                out[t, a, w] *= we2
-        if t < init.shape[0]:
-            for d in range(init.shape[1]):
-                for o in range(init.shape[2]):
-                    for w in range(lanes):
-                        out[t, d * n_orders + o, w] += wi2 * init[t, d, o, w]
-
-
-@jit_kernel
-def factor_and_solve_lanes_kernel(coefficients, steps, rhs, init, n_orders, n_init_steps,
-                                  n_init_orders, we2, wi2, ws2, central, lower, info, x):
-    """Assemble, factor and solve each lane group in one pass, so the group's factor is
-    still in cache for the substitutions. rhs ``(G, Tr, E, W)``, init ``(G, Ti, D, Oi, W)``,
-    x ``(G, T, n, W)`` receives the solution (garbage in lanes whose info is non-zero)."""
-    for g in numba.prange(lower.shape[0]):
-        _factor_group(coefficients[g], steps[g], n_orders, n_init_steps, n_init_orders,
-                      we2, wi2, ws2, central, lower[g], info[g])
-        _assemble_rhs_group(coefficients[g], rhs[g], init[g], n_orders, we2, wi2, x[g])
-        substitute_lanes(lower[g], x[g])
