@@ -1,1 +1,12 @@
-"""JAX adapter for bandsolve (placeholder until issue 6 lands)."""
+"""JAX adapter for bandsolve: the S-MNN solve on JAX arrays.
+
+:func:`smnn_solve` has the arguments of :func:`bandsolve.smnn_solve` and works under
+``jax.jit``, ``jax.grad`` (reverse mode, through ``jax.custom_vjp``) and ``jax.vmap``. It
+moves arrays and calls the core: on the CPU through a host callback into the Numba
+kernels, on a CUDA device through the core's CUDA kernels on XLA's stream.
+Installed by the ``[jax]`` extra.
+"""
+
+from ._solve import smnn_solve
+
+__all__ = ["smnn_solve"]
