@@ -1,0 +1,7 @@
+"""``python -m bandsolve ...``: the same as the ``bandsolve`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
