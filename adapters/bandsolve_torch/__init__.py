@@ -1,1 +1,18 @@
-"""PyTorch adapter for bandsolve (placeholder until issue 5 lands)."""
+"""PyTorch adapter for bandsolve: the S-MNN solve on tensors, differentiable, compilable.
+
+Public surface (re-exports only):
+
+- :func:`smnn_solve`: ``bandsolve.smnn_solve`` on tensors (CPU or CUDA), differentiable in
+  coefficients, rhs, init and steps; works under ``torch.compile(fullgraph=True)``.
+- :class:`FrozenLHS`: coefficients and steps factored once, ``.solve(rhs, init)`` many times.
+- :class:`MechanisticLayer`: an ``nn.Module`` with learned positive step sizes.
+
+The operators ``torch.ops.bandsolve.smnn_solve``, ``smnn_solve_factored`` and
+``smnn_solve_backward`` are registered on import (see ``_ops``). No mathematics lives
+here: tensors are handed to the core by DLPack and the core's solve and VJP do the work.
+"""
+
+from .layer import MechanisticLayer
+from .solve import FrozenLHS, smnn_solve
+
+__all__ = ["FrozenLHS", "MechanisticLayer", "smnn_solve"]
