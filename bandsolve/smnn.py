@@ -106,6 +106,15 @@ def _gpu():
     return gpu_smnn
 
 
+def _require_host(**arrays):
+    """``TypeError`` for device arrays handed to a host factorisation."""
+    for name, value in arrays.items():
+        if v.is_device_array(value):
+            raise TypeError(f"{name} is a device array but this factorisation lives on the "
+                            "host; factor device inputs to solve on the device, or move "
+                            f"{name} to the host (e.g. cupy.asnumpy)")
+
+
 def _host_options(stream, algorithm):
     """The device-only keywords must keep their defaults for host inputs."""
     if stream is not None:
@@ -309,7 +318,7 @@ class SMNNFactorization:
                 f"central_smoothness={lhs.central}, dtype={lhs.dtype})")
 
     def _check(self, rhs, init):
-        v.backend_of(rhs=rhs, init=init)
+        _require_host(rhs=rhs, init=init)
         lhs = self._lhs
         rhs, init = _check_rhs(lhs.coefficients_shape, rhs, init, lhs.n_steps)
         given = (init.shape[-3], init.shape[-1])
@@ -367,6 +376,7 @@ class SMNNFactorization:
         rhs, init, batch = self._check(rhs, init)
         lhs = self._lhs
         u_shape = batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)
+        _require_host(u=u)
         u = _prepare("u", u)
         if u.shape != u_shape:
             raise ValueError(f"u must have shape {u_shape}; got {u.shape}")
@@ -376,7 +386,7 @@ class SMNNFactorization:
     def _backward(self, rhs, init, batch, x, ubar):
         lhs = self._lhs
         u_shape = batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)
-        v.backend_of(ubar=ubar)
+        _require_host(ubar=ubar)
         ubar = _prepare("ubar", ubar)
         try:
             ubar = np.broadcast_to(ubar, u_shape)

@@ -1,0 +1,529 @@
+"""S-MNN solve, factorisation and VJP on the device (DESIGN section 2).
+
+Reached through ``bandsolve.smnn_solve`` / ``smnn_solve_vjp`` / ``smnn_factor`` /
+``SMNNFactorization.from_lower`` when the inputs are device arrays (CuPy, anything with
+``__cuda_array_interface__``, the simulator's arrays). Results are CuPy arrays if any input
+is a CuPy array, Numba device arrays otherwise.
+
+Contract of the device path, in addition to the host path's:
+
+* shapes, ranks, dtypes, weights and step counts are checked on the host from the arrays'
+  metadata, with the host path's messages; nothing reads device memory;
+* value checks (NaN/Inf inputs, positive steps) would synchronise the device, so they run
+  only with ``check=True`` (then with the host path's messages);
+* numerical failure never raises by itself: each factorisation keeps a per-system
+  :class:`Status` on the device, the failed systems' results are NaN, and
+  ``Status.check()`` (or ``check=True``) synchronises once and raises
+  ``FactorizationError`` naming the failed batch indices and time steps;
+* every kernel runs on one stream: ``stream=`` if given, else CuPy's current stream for
+  CuPy inputs, else Numba's default stream; no call synchronises unless ``check=True``.
+"""
+
+import math
+
+import numpy as np
+
+from .. import _validation as v
+from .. import smnn as core
+from ..cpu.partitioned import n_chunks_for
+from ..errors import raise_if_failed
+from . import arrays, block, config, gradient, partitioned, thread
+from ._runtime import ArrayMeta, Device, batch_maps, numba_view, shape_of
+
+_WHAT = "S-MNN normal matrix"
+_NAMES = ("coefficients", "rhs", "init", "steps")
+
+
+# ----------------------------------------------------------------------------- status
+
+class Status:
+    """Per-system outcome of a device factorisation, kept on the device.
+
+    ``info`` (the caller's array kind, shape = left-hand-side batch shape, int64) holds 0
+    for a system that factored and ``t + 1`` for one whose block row ``t`` had a pivot that
+    was not positive and finite; such a system's results are NaN. Reading it is the
+    caller's choice: :meth:`check` and :meth:`failed` synchronise, nothing else does.
+    """
+
+    def __init__(self, info_user, info_view, batch_shape, device):
+        self._info_user = info_user
+        self._info = info_view
+        self.batch_shape = tuple(batch_shape)
+        self._device = device
+
+    @property
+    def info(self):
+        return self._info_user.reshape(self.batch_shape)
+
+    def to_host(self):
+        """``info`` as a NumPy array (synchronises the stream)."""
+        if self._info is None:
+            return np.zeros(self.batch_shape, dtype=np.int64)
+        host = self._info.copy_to_host(stream=self._device.stream)
+        arrays.synchronize(self._device)
+        return host.reshape(self.batch_shape)
+
+    def failed(self):
+        """Batch indices of the systems that failed (synchronises)."""
+        return [tuple(int(i) for i in index) for index in np.argwhere(self.to_host())]
+
+    def check(self):
+        """Synchronise once and raise ``FactorizationError`` naming every failed system
+        (batch index and time step) if any failed."""
+        raise_if_failed(self.to_host().reshape(-1), self.batch_shape, what=_WHAT)
+
+
+# ----------------------------------------------------------------------------- left-hand side
+
+class _DeviceLHS:
+    """Validated left-hand-side inputs as flat device views (no copies, no broadcasting:
+    index maps reach each system's row)."""
+
+    def __init__(self, device, coefficients, steps, n_steps, init_shape, weights, central):
+        self.coefficients_shape = shape_of(coefficients)
+        self.steps_shape = shape_of(steps)
+        self.n_steps = n_steps
+        Tc, self.n_equations, self.n_dims, self.n_orders = self.coefficients_shape[-4:]
+        if self.n_orders > config.MAX_ORDERS:
+            raise ValueError(
+                f"the device path supports O <= {config.MAX_ORDERS} derivative orders "
+                f"(bandsolve.gpu.config.MAX_ORDERS); coefficients have O={self.n_orders}")
+        self.block_size = self.n_dims * self.n_orders
+        self.n_init_steps, self.n_init_orders = init_shape
+        self.weights = weights
+        self.central = central
+        self.dtype = np.dtype(coefficients.dtype)
+        self.coefficients_batch = self.coefficients_shape[:-4]
+        self.batch_shape = v.broadcast_batch(coefficients=self.coefficients_batch,
+                                             steps=self.steps_shape[:-1])
+        self.coefficients = coefficients.reshape(
+            (math.prod(self.coefficients_batch), Tc, self.n_equations, self.block_size))
+        if steps.size:
+            self.steps_batch = self.steps_shape[:-1]
+            self.steps = steps.reshape((math.prod(self.steps_batch), self.steps_shape[-1]))
+        else:  # T = 1: no steps are ever read; one dummy row keeps the kernels' pointer valid
+            self.steps_batch = ()
+            self.steps = device.scratch((1, 1), self.dtype)
+
+    @property
+    def bandwidth(self):
+        return 2 if self.central else 1
+
+    def kernel_scalars(self):
+        we, wi, ws = self.weights
+        return (self.n_orders, self.n_init_steps, self.n_init_orders,
+                we * we, wi * wi, ws * ws, self.central)
+
+    def lhs_maps(self):
+        shape, strides = batch_maps(self.batch_shape, coefficients=self.coefficients_batch,
+                                    steps=self.steps_batch)
+        return shape, strides["coefficients"], strides["steps"]
+
+
+def _require_device(**arrays):
+    """``TypeError`` for host arrays handed to a device factorisation or VJP."""
+    for name, value in arrays.items():
+        if not v.is_device_array(value):
+            raise TypeError(f"{name} is a host (NumPy) array but this factorisation lives on "
+                            f"the device; move {name} to the device first (e.g. "
+                            "cupy.asarray or numba.cuda.to_device)")
+
+
+def _resolve_algorithm(algorithm, lhs, n_systems):
+    if algorithm not in config.ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {config.ALGORITHMS}; got {algorithm!r}")
+    if algorithm == "auto":
+        return config.choose_algorithm(lhs.block_size, lhs.n_steps, n_systems, lhs.bandwidth)
+    return algorithm
+
+
+# ----------------------------------------------------------------------------- factorisation
+
+class DeviceSMNNFactorization:
+    """The factored S-MNN left-hand side on the device; the device counterpart of
+    :class:`bandsolve.SMNNFactorization` (same methods, device arrays in and out).
+
+    ``algorithm`` is ``"thread"`` (one thread per system), ``"block"`` (a thread block per
+    system) or ``"partitioned"`` (parallel in time). ``status`` is the per-system
+    :class:`Status`; :meth:`check` raises on failure (synchronises). Methods take an optional
+    ``stream=`` (default: CuPy's current stream for CuPy inputs, else Numba's default).
+    """
+
+    def __init__(self, lhs, algorithm, lower_user, lower, status, device, partition=None):
+        self._lhs = lhs
+        self.algorithm = algorithm
+        self._lower_user = lower_user
+        self._lower = lower
+        self.status = status
+        self._device = device
+        self._partition = partition  # (n_chunks, chunk, reduced) for "partitioned"
+
+    # -- properties (host metadata only)
+    @property
+    def batch_shape(self):
+        return self._lhs.batch_shape
+
+    @property
+    def n_steps(self):
+        return self._lhs.n_steps
+
+    @property
+    def dtype(self):
+        return self._lhs.dtype
+
+    def __repr__(self):
+        lhs = self._lhs
+        return (f"DeviceSMNNFactorization(batch_shape={lhs.batch_shape}, T={lhs.n_steps}, "
+                f"E={lhs.n_equations}, D={lhs.n_dims}, O={lhs.n_orders}, "
+                f"init_shape={(lhs.n_init_steps, lhs.n_init_orders)}, "
+                f"central_smoothness={lhs.central}, dtype={lhs.dtype}, "
+                f"algorithm={self.algorithm!r})")
+
+    def check(self):
+        """Raise ``FactorizationError`` if any system failed (synchronises)."""
+        self.status.check()
+
+    @property
+    def lower(self):
+        """The block Cholesky factor ``(..., T, p+1, n, n)`` (left-hand-side batch), a new
+        device array for ``"thread"`` (its storage is system-innermost). Not available for
+        the parallel-in-time factorisation, which is a different factorisation of ``M``."""
+        lhs = self._lhs
+        shape = lhs.batch_shape + (lhs.n_steps, lhs.bandwidth + 1, lhs.block_size,
+                                   lhs.block_size)
+        if self.algorithm == "partitioned":
+            raise ValueError(
+                "a parallel-in-time factorisation has no block Cholesky factor to return; "
+                "factor with algorithm='thread' or 'block' to carry .lower")
+        if self.algorithm == "block":
+            return self._lower_user.reshape(shape)
+        n_lhs = math.prod(lhs.batch_shape)
+        user, out = self._device.empty((n_lhs, math.prod(shape[-4:])), lhs.dtype)
+        if out is not None and out.size:
+            src = self._lower.reshape((shape_of(out)[1], n_lhs))
+            self._device.launch(arrays.transpose_kernel, out.size, src, out)
+        return user.reshape(shape)
+
+    # -- solves
+    def _check(self, device, rhs, init):
+        """Checks of a solve's inputs (metadata only); returns their views and the batch."""
+        lhs = self._lhs
+        _require_device(rhs=rhs, init=init)
+        rhs = numba_view("rhs", rhs, device)
+        init = numba_view("init", init, device)
+        core._check_rhs(lhs.coefficients_shape, ArrayMeta(rhs), ArrayMeta(init), lhs.n_steps,
+                        device=True)
+        rhs_shape, init_shape = shape_of(rhs), shape_of(init)
+        given = (init_shape[-3], init_shape[-1])
+        if given[0] * given[1] == 0:
+            given = (0, 0)
+        if given != (lhs.n_init_steps, lhs.n_init_orders):
+            raise ValueError(
+                f"init must have Ti={lhs.n_init_steps}, Oi={lhs.n_init_orders} (the init_shape "
+                f"this factorisation was built for); got shape {init_shape}")
+        for name, array in (("rhs", rhs), ("init", init)):
+            if array.dtype != lhs.dtype:
+                raise TypeError(f"{name} has dtype {array.dtype}; this factorisation is "
+                                f"{lhs.dtype} (convert with .astype(numpy.{lhs.dtype}))")
+        batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs_shape[:-2],
+                                  init=init_shape[:-3])
+        return rhs, init, batch
+
+    def solve(self, rhs, init, *, stream=None):
+        """Solve for ``rhs`` ``(..., T or 1, E)`` and ``init`` ``(..., Ti, D, Oi)`` (device
+        arrays); returns ``u`` ``(..., T, D, O)``, NaN for systems whose factor failed."""
+        device = Device.for_inputs((rhs, init), stream)
+        rhs, init, batch = self._check(device, rhs, init)
+        return self._solve(device, rhs, init, batch)[0]
+
+    def solve_vjp(self, rhs, init, *, stream=None):
+        """Like :meth:`solve`, also returning ``vjp(ubar, *, stream=None)``."""
+        device = Device.for_inputs((rhs, init), stream)
+        rhs, init, batch = self._check(device, rhs, init)
+        return self._solve_vjp(device, rhs, init, batch)
+
+    def backward(self, rhs, init, u, ubar, *, stream=None):
+        """Gradients ``(coefficients_bar, rhs_bar, init_bar, steps_bar)`` of
+        ``sum(ubar * u)`` from a solution ``u = self.solve(rhs, init)`` computed earlier."""
+        device = Device.for_inputs((rhs, init, u, ubar), stream)
+        rhs, init, batch = self._check(device, rhs, init)
+        _require_device(u=u)
+        lhs = self._lhs
+        u_shape = batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)
+        u = numba_view("u", u, device)
+        v.check_dtype("u", u.dtype)
+        if shape_of(u) != u_shape:
+            raise ValueError(f"u must have shape {u_shape}; got {shape_of(u)}")
+        x = arrays.as_dtype(device, u, lhs.dtype).reshape(
+            (math.prod(batch), lhs.n_steps, lhs.block_size))
+        return self._backward(device, rhs, init, batch, x, ubar)
+
+    def _solve_vjp(self, device, rhs, init, batch):
+        u, x = self._solve(device, rhs, init, batch)
+
+        def vjp(ubar, *, stream=None):
+            call = device if stream is None else Device.for_inputs((ubar,), stream)
+            return self._backward(call, rhs, init, batch, x, ubar)
+
+        return u, vjp
+
+    def _solve(self, device, rhs, init, batch):
+        """``(u, x)``: the user's ``u`` ``(..., T, D, O)`` and its flat view ``(B, T, n)``."""
+        lhs = self._lhs
+        B, T, n = math.prod(batch), lhs.n_steps, lhs.block_size
+        u, x = device.empty((B, T, n), lhs.dtype)
+        u = u.reshape(batch + (T, lhs.n_dims, lhs.n_orders))
+        if B == 0:
+            return u, x
+        rhs_shape, init_shape = shape_of(rhs), shape_of(init)
+        rhs_flat = rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:])
+        if lhs.n_init_steps:
+            init_batch = init_shape[:-3]
+            init_flat = init.reshape((math.prod(init_batch),) + init_shape[-3:])
+        else:  # no initial values are read
+            init_batch = ()
+            init_flat = device.scratch((1, 1, 1, 1), lhs.dtype)
+        shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
+                                    rhs=rhs_shape[:-2], init=init_batch,
+                                    factor=lhs.batch_shape)
+        we, wi, _ = lhs.weights
+        device.launch(gradient.rhs_kernel, B * T, lhs.coefficients, rhs_flat, init_flat,
+                      shape, strides["coefficients"], strides["rhs"], strides["init"],
+                      lhs.n_orders, lhs.n_init_steps, lhs.n_init_orders, we * we, wi * wi, x)
+        self._substitute(device, x, shape, strides["factor"])
+        return u, x
+
+    def _substitute(self, device, x, shape, factor_strides):
+        """``x[i] <- M_{factor(i)}^{-1} x[i]`` in place for x ``(B, T, n)``."""
+        B, T, n = shape_of(x)
+        info = self.status._info
+        if self.algorithm == "thread":
+            device.launch(thread.solve_kernel, B, self._lower, info, shape, factor_strides, x)
+        elif self.algorithm == "block":
+            device.launch_blocks(block.solve_kernel, B, _block_threads(n), self._lower, info,
+                                 shape, factor_strides, x)
+        else:
+            n_chunks, chunk, reduced = self._partition
+            work = device.scratch((B, T, n), self.dtype)
+            xs = device.scratch((B, max(n_chunks - 1, 1), shape_of(reduced)[-1]), self.dtype)
+            device.launch(partitioned.solve_chunks_kernel, B * n_chunks, self._lower, info,
+                          shape, factor_strides, x, n_chunks, chunk)
+            device.launch(partitioned.solve_separators_kernel, B, self._lower, reduced, info,
+                          shape, factor_strides, x, xs, n_chunks, chunk)
+            device.launch(partitioned.correct_chunks_kernel, B * n_chunks, self._lower, info,
+                          shape, factor_strides, x, work, n_chunks, chunk)
+
+    def _backward(self, device, rhs, init, batch, x, ubar):
+        lhs = self._lhs
+        B, T, n = math.prod(batch), lhs.n_steps, lhs.block_size
+        u_shape = batch + (T, lhs.n_dims, lhs.n_orders)
+        _require_device(ubar=ubar)
+        ubar = numba_view("ubar", ubar, device)
+        v.check_dtype("ubar", ubar.dtype)
+        try:
+            ok = np.broadcast_shapes(shape_of(ubar), u_shape) == u_shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"ubar must have the shape of u, {u_shape}; "
+                             f"got {shape_of(ubar)}")
+        if B == 0:
+            return self._zero_gradients(device, shape_of(rhs), shape_of(init))
+        y = arrays.copy_broadcast(device, ubar, u_shape, lhs.dtype)[1].reshape((B, T, n))
+        shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
+                                    steps=lhs.steps_batch, rhs=shape_of(rhs)[:-2],
+                                    factor=lhs.batch_shape)
+        self._substitute(device, y, shape, strides["factor"])
+        return self._gradients(device, rhs, init, batch, x, y, shape, strides)
+
+    def _zero_gradients(self, device, rhs_shape, init_shape):
+        lhs = self._lhs
+        return tuple(arrays.zeros(device, s, lhs.dtype)[0] for s in
+                     (lhs.coefficients_shape, rhs_shape, init_shape, lhs.steps_shape))
+
+    def _gradients(self, device, rhs, init, batch, x, y, shape, strides):
+        """The four gradients from ``x = M^{-1} b`` and ``y = M^{-1} ubar`` (B, T, n): the
+        gradient kernel writes per-step pieces for the full batch and length, written
+        straight into the result when an input is not broadcast, else reduced into it."""
+        lhs = self._lhs
+        dtype = lhs.dtype
+        B, T, n = shape_of(x)
+        E, D = lhs.n_equations, lhs.n_dims
+        Ti, Oi = lhs.n_init_steps, lhs.n_init_orders
+        rhs_shape, init_shape = shape_of(rhs), shape_of(init)
+        # name: (kernel's full shape, its rows (batch + step axis), input shape, input rows)
+        specs = {
+            "coefficients": ((B, T, E, n), batch + (T,), lhs.coefficients_shape,
+                             lhs.coefficients_shape[:-3]),
+            "rhs": ((B, T, E), batch + (T,), rhs_shape, rhs_shape[:-1]),
+            "init": ((B, Ti, D * Oi), batch + (Ti,), init_shape, init_shape[:-2]),
+            "steps": ((B, T - 1), batch + (T - 1,), lhs.steps_shape, lhs.steps_shape),
+        }
+        results, fulls, pending = {}, {}, []
+        for name, (kernel_shape, full_rows, in_shape, in_rows) in specs.items():
+            if math.prod(kernel_shape) == 0:  # T = 1, no initial values or E = 0
+                results[name] = arrays.zeros(device, in_shape, dtype)[0]
+                fulls[name] = device.scratch(kernel_shape, dtype)  # never read or written
+                continue
+            user, view = device.empty(in_shape, dtype)
+            results[name] = user
+            if tuple(in_rows) == full_rows:
+                fulls[name] = view.reshape(kernel_shape)
+            else:
+                fulls[name] = device.scratch(kernel_shape, dtype)
+                pending.append((fulls[name], full_rows, tuple(in_rows),
+                                math.prod(kernel_shape[2:]), view))
+        we, wi, ws = lhs.weights
+        device.launch(gradient.gradient_kernel, B * T, lhs.coefficients, lhs.steps,
+                      rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:]),
+                      shape, strides["coefficients"], strides["steps"], strides["rhs"],
+                      x, y, lhs.n_orders, Ti, Oi, we * we, wi * wi, ws * ws, lhs.central,
+                      fulls["coefficients"], fulls["rhs"], fulls["steps"], fulls["init"])
+        for full, full_rows, target_rows, inner, out in pending:
+            arrays.reduce_to(device, full, full_rows, target_rows, inner, out)
+        return (results["coefficients"], results["rhs"], results["init"], results["steps"])
+
+
+def _block_threads(block_size):
+    return max(1, min(config.BLOCK_THREADS, block_size))
+
+
+# ----------------------------------------------------------------------------- factor
+
+def _factor(device, lhs, algorithm):
+    """Assemble and factor every left-hand side; returns a DeviceSMNNFactorization."""
+    n_lhs = math.prod(lhs.batch_shape)
+    T, p, n = lhs.n_steps, lhs.bandwidth, lhs.block_size
+    info_user, info = device.empty((n_lhs,), np.int64)
+    status = Status(info_user, info, lhs.batch_shape, device)
+    shape, c_strides, h_strides = lhs.lhs_maps()
+    scalars = lhs.kernel_scalars()
+    partition = None
+    if algorithm == "thread":
+        lower_user, lower = device.empty((T, p + 1, n, n, n_lhs), lhs.dtype)
+        device.launch(thread.factor_kernel, n_lhs, lhs.coefficients, lhs.steps, shape,
+                      c_strides, h_strides, *scalars, lower, info)
+    elif algorithm == "block":
+        lower_user, lower = device.empty((n_lhs, T, p + 1, n, n), lhs.dtype)
+        device.launch_blocks(block.factor_kernel, n_lhs, _block_threads(n), lhs.coefficients,
+                             lhs.steps, shape, c_strides, h_strides, *scalars, lower, info)
+    else:
+        chunk = config.chunk_length(T, n_lhs, p)
+        n_chunks = n_chunks_for(T, p, chunk)
+        lower_user, lower = device.empty((n_lhs, T, p + 1, n, n), lhs.dtype)
+        pn = p * n
+        work = device.scratch((n_lhs, T, n), lhs.dtype)
+        schur = device.scratch((n_lhs, n_chunks, 3, pn, pn), lhs.dtype)
+        chunk_status = device.scratch((n_lhs, n_chunks), np.int64)
+        reduced = device.scratch((n_lhs, max(n_chunks - 1, 1), 2, pn, pn), lhs.dtype)
+        device.launch(partitioned.assemble_kernel, n_lhs * T, lhs.coefficients, lhs.steps,
+                      shape, c_strides, h_strides, *scalars, lower)
+        device.launch(partitioned.factor_chunks_kernel, n_lhs * n_chunks, lower, work,
+                      n_chunks, chunk, schur, chunk_status)
+        device.launch(partitioned.factor_reduced_kernel, n_lhs, lower, schur, chunk_status,
+                      n_chunks, chunk, reduced, info)
+        partition = (n_chunks, chunk, reduced)
+    return DeviceSMNNFactorization(lhs, algorithm, lower_user, lower, status, device,
+                                   partition)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def _check_values(device, **views):
+    """The host path's value checks, on the device (synchronises; ``check=True`` only)."""
+    for name in ("rhs", "coefficients", "steps", "init"):
+        if name in views:
+            arrays.check_finite(name, views[name], device)
+    if "steps" in views:
+        arrays.check_positive("steps", views["steps"], device)
+
+
+def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_init,
+          weight_smooth, central_smoothness, stream, check, algorithm, with_vjp):
+    """Device ``smnn_solve`` (``with_vjp=False``: returns ``u``) and ``smnn_solve_vjp``
+    (returns ``(u, vjp)``)."""
+    device = Device.for_inputs((coefficients, rhs, init, steps), stream)
+    views = [numba_view(name, value, device) for name, value in
+             zip(_NAMES, (coefficients, rhs, init, steps))]
+    metas = [ArrayMeta(view) for view in views]
+    _, _, _, _, T, weights = core._validate(*metas, n_steps, weight_equation, weight_init,
+                                            weight_smooth, central_smoothness, device=True)
+    dtype = core._common_dtype(*metas)
+    c, r, g, h = views
+    if check:
+        _check_values(device, coefficients=c, rhs=r, init=g, steps=h)
+    c, r, g, h = (arrays.as_dtype(device, a, dtype) for a in views)
+    Ti, _, Oi = metas[2].shape[-3:]
+    init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
+    lhs = _DeviceLHS(device, c, h, T, init_shape, weights, central_smoothness)
+    batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=metas[1].shape[:-2],
+                              init=metas[2].shape[:-3])
+    factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs, math.prod(batch)))
+    if check:
+        factorization.check()
+    if with_vjp:
+        return factorization._solve_vjp(device, r, g, batch)
+    return factorization._solve(device, r, g, batch)[0]
+
+
+def factor(coefficients, steps, *, init_shape, n_steps, weight_equation, weight_init,
+           weight_smooth, central_smoothness, stream, check, algorithm):
+    """Device ``smnn_factor``."""
+    device = Device.for_inputs((coefficients, steps), stream)
+    c = numba_view("coefficients", coefficients, device)
+    h = numba_view("steps", steps, device)
+    metas = ArrayMeta(c), ArrayMeta(h)
+    _, _, T, weights = core._check_lhs(*metas, n_steps, weight_equation, weight_init,
+                                       weight_smooth, central_smoothness, device=True)
+    dtype = core._common_dtype(*metas)
+    if check:
+        _check_values(device, coefficients=c, steps=h)
+    c, h = (arrays.as_dtype(device, a, dtype) for a in (c, h))
+    lhs = _DeviceLHS(device, c, h, T, core._check_init_shape(init_shape, metas[0], T),
+                     weights, central_smoothness)
+    factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs,
+                                                            math.prod(lhs.batch_shape)))
+    if check:
+        factorization.check()
+    return factorization
+
+
+def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equation,
+               weight_init, weight_smooth, central_smoothness, stream, algorithm):
+    """Device ``SMNNFactorization.from_lower``: no refactorisation (the status reads
+    success; ``lower`` is trusted as a factor, as on the host)."""
+    device = Device.for_inputs((lower, coefficients, steps), stream)
+    lower = numba_view("lower", lower, device)
+    c = numba_view("coefficients", coefficients, device)
+    h = numba_view("steps", steps, device)
+    metas = ArrayMeta(c), ArrayMeta(h)
+    _, _, T, weights = core._check_lhs(*metas, n_steps, weight_equation, weight_init,
+                                       weight_smooth, central_smoothness, device=True)
+    dtype = core._common_dtype(*metas)
+    c, h = (arrays.as_dtype(device, a, dtype) for a in (c, h))
+    lhs = _DeviceLHS(device, c, h, T, core._check_init_shape(init_shape, metas[0], T),
+                     weights, central_smoothness)
+    n_lhs = math.prod(lhs.batch_shape)
+    p, n = lhs.bandwidth, lhs.block_size
+    expected = lhs.batch_shape + (T, p + 1, n, n)
+    if shape_of(lower) != expected:
+        raise ValueError(f"lower must have shape {expected}; got {shape_of(lower)}")
+    v.check_dtype("lower", lower.dtype)
+    if algorithm == "auto":
+        algorithm = "thread" if n <= config.THREAD_MAX_BLOCK_SIZE else "block"
+    if algorithm not in ("thread", "block"):
+        raise ValueError("from_lower rebuilds a block Cholesky factorisation: algorithm must "
+                         f"be 'auto', 'thread' or 'block'; got {algorithm!r}")
+    lower = arrays.as_dtype(device, lower, lhs.dtype)
+    flat_lower = lower.reshape((n_lhs, T, p + 1, n, n))
+    if algorithm == "thread":
+        lower_user, storage = device.empty((T, p + 1, n, n, n_lhs), lhs.dtype)
+        if storage is not None and storage.size:
+            device.launch(arrays.transpose_kernel, storage.size,
+                          flat_lower.reshape((n_lhs, storage.size // n_lhs)),
+                          storage.reshape((storage.size // n_lhs, n_lhs)))
+    else:
+        lower_user, storage = device.as_user(flat_lower), flat_lower
+    info_user, info = arrays.zeros(device, (n_lhs,), np.int64)
+    status = Status(info_user, info, lhs.batch_shape, device)
+    return DeviceSMNNFactorization(lhs, algorithm, lower_user, storage, status, device)

@@ -1,0 +1,363 @@
+"""The CUDA backend against the CPU backend and independent references.
+
+Not collected by a plain ``pytest`` run (the file name does not match ``test_*.py``): the
+Numba CUDA simulator must be switched on before numba's first import, which other test
+modules already did. ``tests/test_gpu.py`` runs this file in a subprocess with
+``NUMBA_ENABLE_CUDASIM=1``; ``tools/gpu_check.sh`` runs it on a real GPU (no simulator).
+
+Shapes are tiny (T <= 8, B <= 6, n <= 6): the simulator runs every CUDA thread as a Python
+thread. ``config.MIN_CHUNK`` is lowered so that the parallel-in-time solver cuts even these
+short sequences into several interiors and separators.
+
+Tolerances: the device and the CPU backends run the same recurrences in the same dtype, so
+each is within ``solve_rtol`` (eps * cond(M), see helpers.py) of the float64 least-squares
+oracle; two such results are within twice that of each other. Gradients carry the error of
+two solves and of products built from them: 10x (as in test_grad.py).
+"""
+
+import numpy as np
+import pytest
+from numba import cuda
+
+import bandsolve
+from bandsolve.gpu import config
+
+from helpers import (
+    fd4,
+    make_full_rank_equations,
+    make_problem,
+    oracle_solve,
+    solve_rtol,
+)
+
+ALGORITHMS = ["thread", "block", "partitioned"]
+DTYPES = [np.float64, np.float32]
+NAMES = ("coefficients", "rhs", "init", "steps")
+
+
+DEFAULT_MIN_CHUNK = config.MIN_CHUNK
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(config, "MIN_CHUNK", 1)
+
+
+def to_device(*arrays):
+    return [cuda.to_device(np.ascontiguousarray(a)) for a in arrays]
+
+
+def to_host(array):
+    return array.copy_to_host()
+
+
+def kw(central, **extra):
+    return dict(central_smoothness=central, weight_equation=1.3, weight_init=0.8,
+                weight_smooth=1.1, **extra)
+
+
+def assert_rel_close(actual, expected, rtol, what):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    assert np.all(np.isfinite(actual)), f"{what} not finite"
+    err = np.linalg.norm(actual - expected)
+    ref = max(np.linalg.norm(expected), 1e-300)
+    assert err <= rtol * ref, f"{what}: relative error {err / ref:.3e} > {rtol:.3e}"
+
+
+# ----------------------------------------------------------------------------- forward + VJP
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("central", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_solve_and_vjp_match_cpu_and_dense(dtype, central, algorithm):
+    problem = make_problem(10, batch=(2,), T=8, E=2, D=2, O=3, Ti=1, Oi=2, dtype=dtype)
+    u_ref, cond = oracle_solve(*problem, **kw(central))
+    u_cpu, vjp_cpu = bandsolve.smnn_solve_vjp(*problem, **kw(central))
+    device_inputs = to_device(*problem)
+    u, vjp = bandsolve.smnn_solve_vjp(*device_inputs, **kw(central), algorithm=algorithm)
+    assert type(u) is type(device_inputs[0])  # a device array in, a device array out
+    assert u.shape == u_cpu.shape and u.dtype == dtype
+    rtol = solve_rtol(dtype, cond)
+    assert_rel_close(to_host(u), u_ref, rtol, "u vs dense")
+    assert_rel_close(to_host(u), u_cpu, 2 * rtol, "u vs CPU")
+    ubar = np.random.default_rng(11).standard_normal(u.shape).astype(dtype)
+    grads = vjp(cuda.to_device(ubar))
+    for name, g, g_cpu, x in zip(NAMES, grads, vjp_cpu(ubar), problem):
+        assert g.shape == x.shape and g.dtype == dtype, name
+        assert_rel_close(to_host(g), g_cpu, 10 * 2 * rtol, f"{name}_bar vs CPU")
+
+
+@pytest.mark.parametrize("central", [False, True])
+def test_vjp_matches_finite_differences_of_dense_oracle(central):
+    """Independent of both backends: 4th-order differences of the lstsq oracle."""
+    problem = make_problem(20, T=5, E=2, D=1, O=3, Ti=1, Oi=2)
+    ubar = np.random.default_rng(21).standard_normal((5, 1, 3))
+
+    def loss(i):
+        def f(x):
+            args = list(problem)
+            args[i] = x
+            return float(np.sum(ubar * oracle_solve(*args, **kw(central))[0]))
+        return f
+
+    fds = [fd4(loss(i), problem[i], 1e-3) for i in range(4)]
+    for algorithm in ALGORITHMS:
+        _, vjp = bandsolve.smnn_solve_vjp(*to_device(*problem), **kw(central),
+                                          algorithm=algorithm)
+        for name, g, fd in zip(NAMES, vjp(cuda.to_device(ubar)), fds):
+            # truncation ~1e-12 and rounding ~1e-10 of the differences (test_grad.py)
+            assert_rel_close(to_host(g), fd, 1e-6, f"{algorithm} {name}_bar vs FD")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_lhs_batch_broadcast_and_step_length_one(algorithm):
+    """The Lorenz shape in miniature: left-hand-side batch (1, 3) against right-hand-side
+    batch (2, 3); coefficients and steps given once for all time steps."""
+    problem = make_problem(30, batch=(2, 3), T=7, E=2, D=1, O=3, Ti=1, Oi=2,
+                           coef_batch=(1, 3), steps_batch=(1, 3), coef_T=1, steps_T=1)
+    u_ref, cond = oracle_solve(*problem, **kw(False))
+    u_cpu, vjp_cpu = bandsolve.smnn_solve_vjp(*problem, **kw(False))
+    u, vjp = bandsolve.smnn_solve_vjp(*to_device(*problem), **kw(False), algorithm=algorithm)
+    rtol = solve_rtol(np.float64, cond)
+    assert_rel_close(to_host(u), u_ref, rtol, "u vs dense")
+    ubar = np.random.default_rng(31).standard_normal(u.shape)
+    for name, g, g_cpu in zip(NAMES, vjp(cuda.to_device(ubar)), vjp_cpu(ubar)):
+        assert_rel_close(to_host(g), g_cpu, 20 * rtol, f"{name}_bar vs CPU")
+
+
+def test_ubar_broadcasts_and_mixed_dtypes_promote():
+    c, r, g, h = make_problem(40, batch=(2,), T=5, E=2, D=1, O=3, Ti=1, Oi=2)
+    c32 = c.astype(np.float32)
+    u_cpu, vjp_cpu = bandsolve.smnn_solve_vjp(c32, r, g, h)
+    u, vjp = bandsolve.smnn_solve_vjp(*to_device(c32, r, g, h))
+    assert u.dtype == np.float64
+    assert_rel_close(to_host(u), u_cpu, 1e-12, "u")
+    ubar = np.random.default_rng(41).standard_normal((5, 1, 3))  # broadcast over the batch
+    for name, a, b in zip(NAMES, vjp(cuda.to_device(ubar)), vjp_cpu(ubar)):
+        assert a.dtype == b.dtype, name  # float32 coefficients get a float32 gradient
+        assert_rel_close(to_host(a), b, 1e-6 if a.dtype == np.float32 else 1e-10, name)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_one_step_without_initial_values(algorithm):
+    """T = 1 (no steps are read; steps_bar is zero) and no initial values (init_bar empty):
+    full-rank equations make the system SPD on their own."""
+    c = make_full_rank_equations(50, batch=(3,), T=1, D=2, O=2)
+    r = np.random.default_rng(51).standard_normal((3, 1, c.shape[-3]))
+    g = np.zeros((0, 2, 0))
+    h = np.zeros((3, 0))
+    u_cpu, vjp_cpu = bandsolve.smnn_solve_vjp(c, r, g, h)
+    u, vjp = bandsolve.smnn_solve_vjp(*to_device(c, r, g, h), algorithm=algorithm)
+    assert_rel_close(to_host(u), u_cpu, 1e-12, "u")
+    ubar = np.ones(u.shape)
+    grads = vjp(cuda.to_device(ubar))
+    for name, a, b, x in zip(NAMES, grads, vjp_cpu(ubar), (c, r, g, h)):
+        assert a.shape == x.shape, name
+        if x.size:
+            assert_rel_close(to_host(a), b, 1e-10, name)
+
+
+@pytest.mark.parametrize("central", [False, True])
+def test_parallel_in_time_batch_of_one(central):
+    """B = 1, T = 16: the situation the parallel-in-time solver is for; at least three
+    interiors, checked against the dense oracle and the sequential device kernel."""
+    problem = make_problem(60, T=16, E=1, D=1, O=3, Ti=1, Oi=2)
+    factorization = bandsolve.smnn_factor(*to_device(problem[0], problem[3]), init_shape=(1, 2),
+                                          **kw(central))
+    assert factorization.algorithm == "partitioned"  # chosen automatically: B = 1
+    assert factorization._partition[0] >= 3
+    u = factorization.solve(*to_device(problem[1], problem[2]))
+    u_ref, cond = oracle_solve(*problem, **kw(central))
+    assert_rel_close(to_host(u), u_ref, solve_rtol(np.float64, cond), "u vs dense")
+    u_seq = bandsolve.smnn_solve(*to_device(*problem), **kw(central), algorithm="thread")
+    assert_rel_close(to_host(u), to_host(u_seq), 2 * solve_rtol(np.float64, cond), "u vs thread")
+
+
+# ----------------------------------------------------------------------------- factorisation
+
+@pytest.mark.parametrize("algorithm", ["thread", "block"])
+@pytest.mark.parametrize("central", [False, True])
+def test_factor_lower_from_lower_and_backward(central, algorithm):
+    c, r, g, h = make_problem(70, batch=(2,), T=6, E=2, D=1, O=3, Ti=1, Oi=2)
+    host = bandsolve.smnn_factor(c, h, init_shape=(1, 2), **kw(central))
+    dc, dr, dg, dh = to_device(c, r, g, h)
+    factorization = bandsolve.smnn_factor(dc, dh, init_shape=(1, 2), **kw(central),
+                                          algorithm=algorithm)
+    assert factorization.algorithm == algorithm
+    lower = factorization.lower  # the block Cholesky factor is unique
+    assert lower.shape == host.lower.shape
+    assert_rel_close(to_host(lower), host.lower, 1e-12, "lower")
+    rebuilt = bandsolve.SMNNFactorization.from_lower(lower, dc, dh, init_shape=(1, 2),
+                                                     **kw(central))
+    u = rebuilt.solve(dr, dg)
+    assert_rel_close(to_host(u), host.solve(r, g), 1e-12, "u from_lower")
+    ubar = np.random.default_rng(71).standard_normal(u.shape)
+    grads = factorization.backward(dr, dg, u, cuda.to_device(ubar))
+    for name, a, b in zip(NAMES, grads, host.backward(r, g, host.solve(r, g), ubar)):
+        assert_rel_close(to_host(a), b, 1e-10, name)
+
+
+def test_parallel_in_time_factor_has_no_lower():
+    c, _, _, h = make_problem(80, T=8, E=2, D=1, O=3, Ti=1, Oi=2)
+    factorization = bandsolve.smnn_factor(*to_device(c, h), init_shape=(1, 2),
+                                          algorithm="partitioned")
+    with pytest.raises(ValueError, match="parallel-in-time"):
+        factorization.lower
+
+
+# ----------------------------------------------------------------------------- failure
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # planted (simulator only)
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_failed_system_is_nan_and_named_by_the_status(dtype, algorithm):
+    """Element 1 of a batch of 3 overflows at step 4 (its normal matrix holds Inf there):
+    no exception and no synchronisation by default; its solution is NaN, the others are
+    right; the status names it (and step 4), as the host path's exception does."""
+    c, r, g, h = make_problem(90, batch=(3,), T=8, E=2, D=1, O=3, Ti=1, Oi=2, dtype=dtype)
+    c[1, 4] *= 1e200 if dtype == np.float64 else 1e30
+    with pytest.raises(bandsolve.FactorizationError) as host_error:
+        bandsolve.smnn_solve(c, r, g, h)
+    factorization = bandsolve.smnn_factor(*to_device(c, h), init_shape=(1, 2),
+                                          algorithm=algorithm)
+    u = to_host(factorization.solve(*to_device(r, g)))
+    assert np.all(np.isnan(u[1]))
+    good = [0, 2]
+    u_ref, cond = oracle_solve(c[good], r[good], g[good], h[good])
+    assert_rel_close(u[good], u_ref, solve_rtol(dtype, cond), "healthy systems")
+    assert factorization.status.failed() == [(1,)]
+    assert to_host(factorization.status.info).tolist() == [0, 5, 0]
+    with pytest.raises(bandsolve.FactorizationError) as error:
+        factorization.check()
+    assert error.value.batch_indices == host_error.value.batch_indices == [(1,)]
+    assert error.value.steps == host_error.value.steps == [4]
+    with pytest.raises(bandsolve.FactorizationError, match="1 of 3 systems"):
+        bandsolve.smnn_solve(*to_device(c, r, g, h), algorithm=algorithm, check=True)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _message(call):
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    return type(info.value), str(info.value)
+
+
+BAD_INPUTS = [
+    ("rhs_wrong_E", lambda p: p.__setitem__(1, p[1][..., :1])),
+    ("init_too_many_orders", lambda p: p.__setitem__(2, np.zeros((1, 1, 4)))),
+    ("steps_wrong_length", lambda p: p.__setitem__(3, p[3][..., :2])),
+    ("coefficients_rank", lambda p: p.__setitem__(0, p[0][0, 0])),
+    ("integer_rhs", lambda p: p.__setitem__(1, p[1].astype(np.int64))),
+    ("batch_mismatch", lambda p: p.__setitem__(1, np.zeros((3,) + p[1].shape[1:]))),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c[0])
+def test_bad_input_same_error_as_host(case):
+    """Shape, rank and dtype errors come from the metadata, with the host's message."""
+    _, modify = case
+    problem = list(make_problem(100, batch=(2,), T=5, E=2, D=1, O=3, Ti=1, Oi=2))
+    modify(problem)
+    expected = _message(lambda: bandsolve.smnn_solve(*problem))
+    assert _message(lambda: bandsolve.smnn_solve(*to_device(*problem))) == expected
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # planted NaN/Inf
+@pytest.mark.parametrize("name, index, value", [("rhs", 1, np.nan), ("steps", 3, -0.5),
+                                                ("coefficients", 0, np.inf),
+                                                ("steps", 3, np.nan)])
+def test_value_checks_are_opt_in(name, index, value):
+    """NaN/Inf inputs and non-positive steps: with check=True the device path raises the
+    host path's ValueError; by default it does not look (that would synchronise)."""
+    problem = list(make_problem(110, batch=(2,), T=5, E=2, D=1, O=3, Ti=1, Oi=2))
+    bad = problem[index].copy()
+    bad.flat[bad.size // 2 + 1] = value
+    problem[index] = bad
+    expected = _message(lambda: bandsolve.smnn_solve(*problem))
+    assert name in expected[1]
+    device_inputs = to_device(*problem)
+    assert _message(lambda: bandsolve.smnn_solve(*device_inputs, check=True)) == expected
+    bandsolve.smnn_solve(*device_inputs)  # no exception without check=True
+    if name != "steps":
+        with pytest.raises(ValueError, match=name):
+            bandsolve.gpu.check_finite(name, device_inputs[index])
+    else:
+        with pytest.raises(ValueError, match="steps"):
+            bandsolve.gpu.check_positive("steps", device_inputs[index])
+
+
+def test_mixed_host_and_device_inputs_are_a_type_error():
+    c, r, g, h = make_problem(120, T=4, E=2, D=1, O=3, Ti=1, Oi=2)
+    dc, dr, dg, dh = to_device(c, r, g, h)
+    for args in ([dc, r, g, h], [c, dr, dg, dh]):
+        with pytest.raises(TypeError, match="host .* device|device .* host"):
+            bandsolve.smnn_solve(*args)
+    factorization = bandsolve.smnn_factor(dc, dh, init_shape=(1, 2))
+    with pytest.raises(TypeError, match="rhs is a host"):
+        factorization.solve(r, dg)
+    u, vjp = bandsolve.smnn_solve_vjp(dc, dr, dg, dh)
+    with pytest.raises(TypeError, match="ubar is a host"):
+        vjp(np.ones(u.shape))
+    host_factorization = bandsolve.smnn_factor(c, h, init_shape=(1, 2))
+    with pytest.raises(TypeError, match="rhs is a device array"):
+        host_factorization.solve(dr, g)
+    u, vjp = bandsolve.smnn_solve_vjp(c, r, g, h)
+    with pytest.raises(TypeError, match="ubar is a device array"):
+        vjp(cuda.to_device(np.ones(u.shape)))
+    with pytest.raises(TypeError, match="host"):
+        bandsolve.smnn_normal_equations(dc, dr, dg, dh)
+
+
+def test_device_keywords_on_host_inputs():
+    problem = make_problem(130, T=4, E=2, D=1, O=3, Ti=1, Oi=2)
+    with pytest.raises(TypeError, match="stream"):
+        bandsolve.smnn_solve(*problem, stream=cuda.stream())
+    with pytest.raises(ValueError, match="algorithm"):
+        bandsolve.smnn_solve(*problem, algorithm="thread")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        bandsolve.smnn_solve(*to_device(*problem), algorithm="fastest")
+
+
+def test_explicit_stream():
+    problem = make_problem(140, batch=(2,), T=5, E=2, D=1, O=3, Ti=1, Oi=2)
+    stream = cuda.stream()
+    u = bandsolve.smnn_solve(*to_device(*problem), stream=stream)
+    stream.synchronize()
+    assert_rel_close(to_host(u), bandsolve.smnn_solve(*problem), 1e-12, "u")
+
+
+def test_no_host_transfer_or_synchronisation_by_default(monkeypatch):
+    """The default device path (check=False) neither copies to or from the host nor
+    synchronises: the forward pass, the VJP and a factorisation's solve."""
+    problem = make_problem(150, batch=(2,), T=6, E=2, D=1, O=3, Ti=1, Oi=2)
+    device_inputs = to_device(*problem)
+    ubar = cuda.to_device(np.ones((2, 6, 1, 3)))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host transfer or synchronisation on the device path")
+
+    monkeypatch.setattr(cuda, "to_device", forbidden)
+    monkeypatch.setattr(cuda, "synchronize", forbidden)
+    monkeypatch.setattr(type(device_inputs[0]), "copy_to_host", forbidden)
+    for algorithm in ALGORITHMS:
+        u, vjp = bandsolve.smnn_solve_vjp(*device_inputs, algorithm=algorithm)
+        vjp(ubar)
+        factorization = bandsolve.smnn_factor(device_inputs[0], device_inputs[3],
+                                              init_shape=(1, 2), algorithm=algorithm)
+        factorization.solve(device_inputs[1], device_inputs[2])
+
+
+# ----------------------------------------------------------------------------- selection
+
+def test_automatic_kernel_shape(monkeypatch):
+    """The benchmark shapes of tools/gpu_check.sh (block size, T, systems, bandwidth)."""
+    monkeypatch.setattr(config, "MIN_CHUNK", DEFAULT_MIN_CHUNK)
+    assert config.choose_algorithm(3, 208, 12960, 1) == "thread"   # SST
+    assert config.choose_algorithm(9, 10**6, 1, 1) == "partitioned"
+    assert config.choose_algorithm(6, 1727, 256, 1) == "partitioned"
+    assert config.choose_algorithm(24, 100, 10**5, 1) == "block"
+    assert config.choose_algorithm(3, 5, 4, 1) == "thread"  # too short to split
