@@ -1,0 +1,1 @@
+"""airspeed velocity benchmarks of bandsolve (configuration: asv.conf.json at the root)."""
