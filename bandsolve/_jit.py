@@ -11,6 +11,9 @@ import numba
 
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 
+# Below this many block rows in a batch, kernels run on one thread (~1 ms of work).
+PARALLEL_MIN_BLOCK_ROWS = 2048
+
 
 def jit_helper(func):
     """Compile a small scalar/block helper for the CPU.
@@ -28,7 +31,9 @@ class BatchKernel:
     threaded, and serial for a single system (waking the thread pool for one system costs
     more than it gives, and on a busy machine it waits for a second core).
 
-    ``kernel(*args)`` runs threaded; ``kernel.for_batch(n)(*args)`` picks by batch size.
+    ``kernel(*args)`` runs threaded; ``kernel.for_batch(n, T)(*args)`` picks by the work:
+    threaded only for at least two systems and ``PARALLEL_MIN_BLOCK_ROWS`` block rows in
+    all (below that, waking and joining the thread pool costs more than it saves).
     """
 
     def __init__(self, func):
@@ -46,8 +51,10 @@ class BatchKernel:
     def __call__(self, *args):
         return self.parallel(*args)
 
-    def for_batch(self, n_systems):
-        return self.serial if n_systems <= 1 else self.parallel
+    def for_batch(self, n_systems, n_steps):
+        if n_systems < 2 or n_systems * n_steps < PARALLEL_MIN_BLOCK_ROWS:
+            return self.serial
+        return self.parallel
 
 
 def jit_kernel(func):

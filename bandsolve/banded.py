@@ -172,7 +172,7 @@ class BlockCholesky:
     def solve_flat_in_place(self, v, lhs_index):
         """Kernel-level solve: v ``(B, T, n)`` overwritten by the solution; lhs_index
         ``(B,)`` int64 picks each right-hand side's factor. No checks (internal)."""
-        solve_kernel.for_batch(v.shape[0])(self._lower, lhs_index, v)
+        solve_kernel.for_batch(*v.shape[:2])(self._lower, lhs_index, v)
 
     def logdet(self):
         """``log det M`` per system, shape = batch shape."""
@@ -199,7 +199,7 @@ def block_cholesky(matrix):
     check_finite("blocks (read cells)", np.tril(lower[:, :, 0]))
     check_finite("blocks (read cells)", lower[:, :, 1:])
     info = np.zeros(lower.shape[0], dtype=np.int64)
-    factor_kernel.for_batch(lower.shape[0])(lower, info)
+    factor_kernel.for_batch(*lower.shape[:2])(lower, info)
     raise_if_failed(info, batch_shape)
     return BlockCholesky(lower, batch_shape)
 

@@ -60,8 +60,10 @@ class _LeftHandSide:
 
     def kernel_scalars(self):
         we, wi, ws = self.weights
+        # weights in the data's dtype, so float32 kernels stay in float32
+        scalar = self.dtype.type
         return (self.n_orders, self.n_init_steps, self.n_init_orders,
-                we * we, wi * wi, ws * ws, self.central)
+                scalar(we * we), scalar(wi * wi), scalar(ws * ws), self.central)
 
     def flat_rhs(self, rhs, init, batch):
         """Right-hand-side inputs flattened for the kernels, with their index maps over
@@ -83,8 +85,10 @@ class _LeftHandSide:
         rhs_flat, rhs_index, init_flat, init_index, lhs_index = self.flat_rhs(rhs, init, batch)
         b = np.empty((lhs_index.size, self.n_steps, self.block_size), dtype=self.dtype)
         we, wi, _ = self.weights
-        assemble_rhs_kernel.for_batch(lhs_index.size)(self.coefficients, lhs_index, rhs_flat, rhs_index, init_flat,
-                            init_index, self.n_orders, we * we, wi * wi, b)
+        scalar = self.dtype.type
+        assemble_rhs_kernel.for_batch(*b.shape[:2])(
+            self.coefficients, lhs_index, rhs_flat, rhs_index, init_flat, init_index,
+            self.n_orders, scalar(we * we), scalar(wi * wi), b)
         return b, lhs_index, rhs_flat, rhs_index
 
     def empty_blocks(self):
@@ -246,7 +250,8 @@ def _factor(coefficients, steps, T, init_shape, weights, central):
 def _factor_lhs(lhs):
     lower = lhs.empty_blocks()
     info = np.zeros(lower.shape[0], dtype=np.int64)
-    assemble_and_factor_kernel.for_batch(lower.shape[0])(lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
+    assemble_and_factor_kernel.for_batch(*lower.shape[:2])(
+        lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
     raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
     return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
 
@@ -408,9 +413,9 @@ class SMNNFactorization:
         coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=lhs.dtype)
         rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=lhs.dtype)
         steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=lhs.dtype)
-        gradient_kernel.for_batch(B)(lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y,
-                        lhs.n_orders, we * we, ws * ws, lhs.central,
-                        coefficients_bar, rhs_bar, steps_bar)
+        gradient_kernel.for_batch(*x.shape[:2])(
+            lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y, lhs.n_orders,
+            we * we, ws * ws, lhs.central, coefficients_bar, rhs_bar, steps_bar)
         D, O = lhs.n_dims, lhs.n_orders
         Ti, Oi = lhs.n_init_steps, lhs.n_init_orders
         if Ti * Oi:
@@ -552,8 +557,9 @@ def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight
         lower = lhs.empty_blocks()
         info = np.zeros(lower.shape[0], dtype=np.int64)
         x = np.empty((lower.shape[0], T, lhs.block_size), dtype=lhs.dtype)
-        factor_and_solve_kernel.for_batch(lower.shape[0])(lhs.coefficients, lhs.steps, rhs_flat, rhs_index, init_flat,
-                                init_index, *lhs.kernel_scalars(), lower, info, x)
+        factor_and_solve_kernel.for_batch(*lower.shape[:2])(
+            lhs.coefficients, lhs.steps, rhs_flat, rhs_index, init_flat, init_index,
+            *lhs.kernel_scalars(), lower, info, x)
         raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
         factorization = SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
     else:
@@ -584,7 +590,8 @@ def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
     init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
     lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central_smoothness)
     blocks = lhs.empty_blocks()
-    assemble_kernel.for_batch(blocks.shape[0])(lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), blocks)
+    assemble_kernel.for_batch(*blocks.shape[:2])(
+        lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), blocks)
     matrix = BlockBanded(blocks.reshape(lhs.batch_shape + blocks.shape[1:]))
     batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs.shape[:-2], init=init.shape[:-3])
     b, *_ = lhs.assemble_rhs(rhs, init, batch)

@@ -45,17 +45,15 @@ def _add_taylor_gram(block, rows, n_k, n_orders, n_dims, ws2, row_half, col_half
 @jit_helper
 def _add_equations_and_init(coefficients, t, n_orders, n_init_steps, n_init_orders,
                             we2, wi2, diagonal):
-    """``diagonal += we^2 C_t^T C_t + wi^2 [pinned entries]`` (written in full, symmetric)."""
+    """``diagonal = we^2 C_t^T C_t + wi^2 [pinned entries]`` (written in full, symmetric;
+    ``diagonal`` must be zero on entry). Accumulates in the data's dtype."""
     n = diagonal.shape[0]
     c = coefficients[_time_index(t, coefficients.shape[0])]
     for a in range(n):
         for b in range(a + 1):
-            value = 0.0
             for e in range(c.shape[0]):
-                value += c[e, a] * c[e, b]
-            diagonal[a, b] += we2 * value
-            if b != a:
-                diagonal[b, a] += we2 * value
+                diagonal[a, b] += we2 * (c[e, a] * c[e, b])
+            diagonal[b, a] = diagonal[a, b]
     if t < n_init_steps:
         for d in range(n // n_orders):
             for o in range(n_init_orders):
@@ -254,10 +252,9 @@ def _assemble_rhs_step(coefficients, rhs, init, t, n_orders, we2, wi2, out):
     c = coefficients[_time_index(t, coefficients.shape[0])]
     r = rhs[_time_index(t, rhs.shape[0])]
     for a in range(out.shape[0]):
-        value = 0.0
+        out[a] = 0.0
         for e in range(c.shape[0]):
-            value += c[e, a] * r[e]
-        out[a] = we2 * value
+            out[a] += we2 * (c[e, a] * r[e])
     if t < init.shape[0]:
         for d in range(init.shape[1]):
             for o in range(init.shape[2]):
