@@ -289,6 +289,53 @@ def factor_and_solve_kernel(coefficients, steps, rhs, rhs_index, init, init_inde
 
 # ----------------------------------------------------------------------------- gradients
 
+@jit_helper
+def taylor_step_term(h, x, y, t, n_orders, n_k, rows, drows):
+    """``sum_rows (dA x)(A y) + (dA y)(A x)`` over the Taylor rows of pair ``(t, t+1)``
+    (all ``d``); ``dA`` is the derivative in ``h``. x, y ``(T, n)``; rows/drows scratch
+    ``(2*n_k, 2*O)``. The GPU backend compiles this same source."""
+    n_dims = x.shape[1] // n_orders
+    taylor_rows(h, n_orders, n_k, rows, drows)
+    total = 0.0
+    for d in range(n_dims):
+        for r in range(2 * n_k):
+            ax = 0.0
+            ay = 0.0
+            dax = 0.0
+            day = 0.0
+            for half in range(2):
+                for o in range(n_orders):
+                    col = half * n_orders + o
+                    xv = x[t + half, d * n_orders + o]
+                    yv = y[t + half, d * n_orders + o]
+                    ax += rows[r, col] * xv
+                    ay += rows[r, col] * yv
+                    dax += drows[r, col] * xv
+                    day += drows[r, col] * yv
+            total += dax * ay + day * ax
+    return total
+
+
+@jit_helper
+def central_step_term(s, x, y, t0, n_orders):
+    """The same sum over the central rows of triple ``(t0, t0+1, t0+2)``, derivative in
+    ``s = h[t0] + h[t0+1]``."""
+    n_dims = x.shape[1] // n_orders
+    alpha, beta, dalpha, dbeta = central_weights(s, n_orders)
+    total = 0.0
+    for d in range(n_dims):
+        lo = d * n_orders + n_orders - 2
+        hi = d * n_orders + n_orders - 1
+        dx = x[t0, lo] - x[t0 + 2, lo]
+        dy = y[t0, lo] - y[t0 + 2, lo]
+        ax = alpha * dx + beta * x[t0 + 1, hi]
+        ay = alpha * dy + beta * y[t0 + 1, hi]
+        dax = dalpha * dx + dbeta * x[t0 + 1, hi]
+        day = dalpha * dy + dbeta * y[t0 + 1, hi]
+        total += dax * ay + day * ax
+    return total
+
+
 @jit_kernel
 def gradient_kernel(coefficients, steps, lhs_index, rhs, rhs_index, x, y, n_orders,
                     we2, ws2, central, coefficients_bar, rhs_bar, steps_bar):
@@ -300,7 +347,6 @@ def gradient_kernel(coefficients, steps, lhs_index, rhs, rhs_index, x, y, n_orde
     coefficients_bar ``(B, Tc, E, n)``, rhs_bar ``(B, Tr, E)``, steps_bar ``(B, Th)``.
     """
     n_systems, n_steps, n = x.shape
-    n_dims = n // n_orders
     n_k = n_taylor_orders(n_orders, central)
     for i in numba.prange(n_systems):
         c_all = coefficients[lhs_index[i]]
@@ -329,41 +375,13 @@ def gradient_kernel(coefficients, steps, lhs_index, rhs, rhs_index, x, y, n_orde
         drows = np.empty_like(rows)
         for t in range(n_steps - 1):
             th = _time_index(t, h.shape[0])
-            taylor_rows(h[th], n_orders, n_k, rows, drows)
-            total = 0.0
-            for d in range(n_dims):
-                for r in range(2 * n_k):
-                    ax = 0.0
-                    ay = 0.0
-                    dax = 0.0
-                    day = 0.0
-                    for half in range(2):
-                        for o in range(n_orders):
-                            col = half * n_orders + o
-                            xv = xi[t + half, d * n_orders + o]
-                            yv = yi[t + half, d * n_orders + o]
-                            ax += rows[r, col] * xv
-                            ay += rows[r, col] * yv
-                            dax += drows[r, col] * xv
-                            day += drows[r, col] * yv
-                    total += dax * ay + day * ax
+            total = taylor_step_term(h[th], xi, yi, t, n_orders, n_k, rows, drows)
             steps_bar[i, th] -= ws2 * total
         if central:
             for t in range(n_steps - 2):
                 th0 = _time_index(t, h.shape[0])
                 th1 = _time_index(t + 1, h.shape[0])
-                alpha, beta, dalpha, dbeta = central_weights(h[th0] + h[th1], n_orders)
-                total = 0.0
-                for d in range(n_dims):
-                    lo = d * n_orders + n_orders - 2
-                    hi = d * n_orders + n_orders - 1
-                    dx = xi[t, lo] - xi[t + 2, lo]
-                    dy = yi[t, lo] - yi[t + 2, lo]
-                    ax = alpha * dx + beta * xi[t + 1, hi]
-                    ay = alpha * dy + beta * yi[t + 1, hi]
-                    dax = dalpha * dx + dbeta * xi[t + 1, hi]
-                    day = dalpha * dy + dbeta * yi[t + 1, hi]
-                    total += dax * ay + day * ax
+                total = central_step_term(h[th0] + h[th1], xi, yi, t, n_orders)
                 # s = h[t] + h[t+1]: ds/dh[t] = ds/dh[t+1] = 1
                 steps_bar[i, th0] -= ws2 * total
                 steps_bar[i, th1] -= ws2 * total

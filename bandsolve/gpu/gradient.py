@@ -11,17 +11,17 @@ The rows are those of ``bandsolve.formulation``; the row form of the gradient is
 import numba
 from numba import cuda
 
-from ..cpu.smnn import _time_index
-from ..formulation import central_weights, n_taylor_orders, taylor_rows
+from ..cpu.smnn import _time_index, central_step_term, taylor_step_term
+from ..formulation import n_taylor_orders
 from . import config
 from ._runtime import device_function
 from .arrays import source_row
 
 _source_row = device_function(source_row)
 _time_index_d = device_function(_time_index)
-_taylor_rows = device_function(taylor_rows)
-_central_weights = device_function(central_weights)
 _n_taylor_orders = device_function(n_taylor_orders)
+_taylor_step_term = device_function(taylor_step_term)
+_central_step_term = device_function(central_step_term)
 
 _SCRATCH = 2 * config.MAX_ORDERS
 
@@ -42,50 +42,6 @@ def rhs_step(coefficients, rhs, init, t, n_orders, n_init_steps, n_init_orders, 
         for d in range(n // n_orders):
             for o in range(n_init_orders):
                 out[d * n_orders + o] += wi2 * init[t, d, o]
-
-
-def taylor_step_term(h, x, y, t, n_orders, n_k, rows, drows):
-    """``sum_rows (dA x)(A y) + (dA y)(A x)`` over the Taylor rows of pair ``(t, t+1)``
-    (all ``d``); ``dA`` is the derivative in ``h``. x, y ``(T, n)``."""
-    n_dims = x.shape[1] // n_orders
-    _taylor_rows(h, n_orders, n_k, rows, drows)
-    total = 0.0
-    for d in range(n_dims):
-        for r in range(2 * n_k):
-            ax = 0.0
-            ay = 0.0
-            dax = 0.0
-            day = 0.0
-            for half in range(2):
-                for o in range(n_orders):
-                    col = half * n_orders + o
-                    xv = x[t + half, d * n_orders + o]
-                    yv = y[t + half, d * n_orders + o]
-                    ax += rows[r, col] * xv
-                    ay += rows[r, col] * yv
-                    dax += drows[r, col] * xv
-                    day += drows[r, col] * yv
-            total += dax * ay + day * ax
-    return total
-
-
-def central_step_term(s, x, y, t0, n_orders):
-    """The same sum over the central rows of triple ``(t0, t0+1, t0+2)``, derivative in
-    ``s = h[t0] + h[t0+1]``."""
-    n_dims = x.shape[1] // n_orders
-    alpha, beta, dalpha, dbeta = _central_weights(s, n_orders)
-    total = 0.0
-    for d in range(n_dims):
-        lo = d * n_orders + n_orders - 2
-        hi = d * n_orders + n_orders - 1
-        dx = x[t0, lo] - x[t0 + 2, lo]
-        dy = y[t0, lo] - y[t0 + 2, lo]
-        ax = alpha * dx + beta * x[t0 + 1, hi]
-        ay = alpha * dy + beta * y[t0 + 1, hi]
-        dax = dalpha * dx + dbeta * x[t0 + 1, hi]
-        day = dalpha * dy + dbeta * y[t0 + 1, hi]
-        total += dax * ay + day * ax
-    return total
 
 
 def gradient_step(coefficients, steps, rhs, x, y, t, n_orders, n_init_steps, n_init_orders,
@@ -114,13 +70,13 @@ def gradient_step(coefficients, steps, rhs, x, y, t, n_orders, n_init_steps, n_i
     if t < n_steps - 1:  # h[t] enters pair (t, t+1) and the triples t0 = t-1, t
         n_h = steps.shape[0]
         n_k = _n_taylor_orders(n_orders, central)
-        total = taylor_step_term(steps[_time_index_d(t, n_h)], x, y, t, n_orders, n_k, rows,
+        total = _taylor_step_term(steps[_time_index_d(t, n_h)], x, y, t, n_orders, n_k, rows,
                                  drows)
         if central:
             for t0 in range(t - 1, t + 1):
                 if t0 >= 0 and t0 <= n_steps - 3:
                     s = steps[_time_index_d(t0, n_h)] + steps[_time_index_d(t0 + 1, n_h)]
-                    total += central_step_term(s, x, y, t0, n_orders)
+                    total += _central_step_term(s, x, y, t0, n_orders)
         steps_bar[t] = -ws2 * total
     if t < n_init_steps:  # initial-value rows: wi*(u - g), dbeta/dg = wi
         n_dims = n // n_orders
