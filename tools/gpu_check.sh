@@ -5,7 +5,9 @@
 #
 # Installs nothing (expects CuPy, Numba with numba-cuda, and optionally PyTorch/JAX).
 # 1. the CUDA test cases on the real device (tests/gpu_cases.py: the same cases CI runs
-#    under the simulator; tests/gpu_hw_cases.py: CuPy in/out, streams, no host transfer),
+#    under the simulator; tests/gpu_hw_cases.py: CuPy in/out, streams, no host transfer;
+#    tests/gpu_adapter_cases.py: PyTorch CUDA tensors and JAX GPU arrays through the
+#    adapters),
 # 2. the benchmarks (tools/gpu_bench.py): forward and forward+backward at the four issue
 #    shapes against the CPU backend, a dense cupy.linalg solve and a PyTorch loop.
 # Writes into OUTDIR: tests.log, tests.junit.xml, bench.log, gpu_bench.json, gpu_bench.md,
@@ -39,6 +41,7 @@ EOF
 start=$(date +%s)
 timeout --kill-after=10 "$TEST_SECONDS" "$PY" -m pytest -q -p no:cacheprovider -rfEs \
     --junitxml="$OUT/tests.junit.xml" tests/gpu_cases.py tests/gpu_hw_cases.py \
+    tests/gpu_adapter_cases.py \
     > "$OUT/tests.log" 2>&1
 test_status=$?
 test_seconds=$(( $(date +%s) - start ))
