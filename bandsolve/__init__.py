@@ -4,7 +4,8 @@ Public surface (re-exports only):
 
 - :func:`smnn_solve`, :func:`smnn_solve_vjp`: the S-MNN least-squares layer.
 - :func:`smnn_factor` / :class:`SMNNFactorization`: factor a left-hand side once, solve
-  many right-hand sides (the frozen left-hand side).
+  many right-hand sides (the frozen left-hand side); :func:`smnn_factor_solve` solves and
+  returns the factorisation (for adapters that keep the factor as an array).
 - :func:`smnn_normal_equations`: the assembled block-banded normal equations.
 - :class:`BlockBanded`, :func:`block_cholesky`, :class:`BlockCholesky`: any SPD
   block-banded system.
@@ -16,6 +17,7 @@ from .errors import FactorizationError
 from .smnn import (
     SMNNFactorization,
     smnn_factor,
+    smnn_factor_solve,
     smnn_normal_equations,
     smnn_solve,
     smnn_solve_vjp,
@@ -30,6 +32,7 @@ __all__ = [
     "SMNNFactorization",
     "block_cholesky",
     "smnn_factor",
+    "smnn_factor_solve",
     "smnn_normal_equations",
     "smnn_solve",
     "smnn_solve_vjp",

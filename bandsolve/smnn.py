@@ -516,8 +516,8 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
                             weight_smooth=weight_smooth, central_smoothness=central_smoothness,
                             stream=stream, check=check, algorithm=algorithm, with_vjp=False)
     _host_options(stream, algorithm)
-    u, _ = _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation,
-                       weight_init, weight_smooth, central_smoothness, with_vjp=False)
+    u, _, _ = _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation,
+                          weight_init, weight_smooth, central_smoothness)
     return u
 
 
@@ -537,12 +537,41 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
                             weight_smooth=weight_smooth, central_smoothness=central_smoothness,
                             stream=stream, check=check, algorithm=algorithm, with_vjp=True)
     _host_options(stream, algorithm)
-    return _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation,
-                       weight_init, weight_smooth, central_smoothness, with_vjp=True)
+    u, factorization, backward = _solve_full(
+        coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
+        weight_smooth, central_smoothness)
+    return u, backward
+
+
+def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
+                      weight_init=1.0, weight_smooth=1.0, central_smoothness=False,
+                      stream=None, check=False, algorithm="auto"):
+    """:func:`smnn_solve` that also returns the :class:`SMNNFactorization` it built.
+
+    Returns ``(u, factorization)``: ``factorization.lower`` is the factor to keep as an
+    array, and ``factorization.backward(rhs, init, u, ubar)`` the gradients later, with no
+    refactorisation. For frameworks that carry residuals as arrays (the PyTorch and JAX
+    adapters); on the host it takes the same fused factor-and-solve pass as
+    :func:`smnn_solve`. Arguments as for :func:`smnn_solve`.
+    """
+    if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
+        T = _infer_n_steps(n_steps, coefficients=coefficients, rhs=rhs, steps=steps)
+        factorization = smnn_factor(
+            coefficients, steps, init_shape=(init.shape[-3], init.shape[-1]), n_steps=T,
+            weight_equation=weight_equation, weight_init=weight_init,
+            weight_smooth=weight_smooth, central_smoothness=central_smoothness,
+            stream=stream, check=check, algorithm=algorithm)
+        return factorization.solve(rhs, init), factorization
+    _host_options(stream, algorithm)
+    u, factorization, _ = _solve_full(coefficients, rhs, init, steps, n_steps,
+                                      weight_equation, weight_init, weight_smooth,
+                                      central_smoothness)
+    return u, factorization
 
 
 def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
-                weight_smooth, central_smoothness, with_vjp):
+                weight_smooth, central_smoothness):
+    """Validate, factor and solve on the host: ``(u, factorization, vjp)``."""
     coefficients, rhs, init, steps, T, weights = _validate(
         coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
         weight_smooth, central_smoothness)
@@ -566,9 +595,7 @@ def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight
         factorization = _factor_lhs(lhs)
         x, _ = factorization._solve(rhs, init, batch)
     u = factorization._shape_u(x, batch)
-    if not with_vjp:
-        return u, None
-    return u, lambda ubar: factorization._backward(rhs, init, batch, x, ubar)
+    return u, factorization, lambda ubar: factorization._backward(rhs, init, batch, x, ubar)
 
 
 def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,

@@ -5,7 +5,7 @@ Times one forward+backward of ``bandsolve_torch.smnn_solve`` (``u = smnn_solve(.
 
 * the NumPy core on the same problem (``u, vjp = bandsolve.smnn_solve_vjp(...)``;
   ``vjp(ubar)``), the baseline;
-* the same core calls that the adapter's operators make (``smnn_factor``, ``.solve``,
+* the same core calls that the adapter's operators make (``smnn_factor_solve``,
   ``SMNNFactorization.from_lower``, ``.backward``), so that the adapter's overhead splits
   into PyTorch's share and the core path's;
 
@@ -61,8 +61,7 @@ def main():
     def core_as_adapter():
         # The core calls the adapter makes, without torch: factor and solve (forward op);
         # rebuild from the factor and backward (backward op).
-        factorization = bandsolve.smnn_factor(c, h, init_shape=init_shape)
-        u = factorization.solve(r, g)
+        u, factorization = bandsolve.smnn_factor_solve(c, r, g, h)
         rebuilt = bandsolve.SMNNFactorization.from_lower(factorization.lower, c, h,
                                                          init_shape=init_shape)
         rebuilt.backward(r, g, u, ubar)

@@ -252,7 +252,7 @@ def test_vmap_is_one_core_call_not_a_loop(monkeypatch):
     jax.vmap(bandsolve_jax.smnn_solve, in_axes=(None, 0, 0, 0))(c[0], r, g, h)
     assert solves == [(1,) + c.shape[1:]]  # one call; the unmapped lhs is not copied 5 times
 
-    factors = _count_calls(monkeypatch, bandsolve, "smnn_factor")
+    factors = _count_calls(monkeypatch, bandsolve, "smnn_factor_solve")
     backwards = _count_calls(monkeypatch, bandsolve.SMNNFactorization, "from_lower")
     jax.vmap(jax.grad(lambda *a: jnp.sum(bandsolve_jax.smnn_solve(*a) ** 2)))(c, r, g, h)
     assert factors == [c.shape] and len(backwards) == 1

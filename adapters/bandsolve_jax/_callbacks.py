@@ -72,9 +72,8 @@ def _run_solve(static, coefficients, rhs, init, steps):
 
 
 def _run_forward(static, coefficients, rhs, init, steps):
-    factor = bandsolve.smnn_factor(coefficients, steps, init_shape=static.init_shape,
-                                   **static.keywords)
-    return factor.solve(rhs, init), factor.lower
+    u, factor = bandsolve.smnn_factor_solve(coefficients, rhs, init, steps, **static.keywords)
+    return u, factor.lower
 
 
 def _run_backward(static, coefficients, rhs, init, steps, u, lower, ubar):

@@ -96,10 +96,10 @@ def smnn_solve_op(coefficients: Tensor, rhs: Tensor, init: Tensor, steps: Tensor
     device = coefficients.device
     c, r, g, s = map(_to_core, (coefficients, rhs, init, steps))
     with _current_stream(device):
-        factorization = bandsolve.smnn_factor(c, s, **_factor_options(
-            c, r, g, s, n_steps, weight_equation, weight_init, weight_smooth,
-            central_smoothness))
-        u = factorization.solve(r, g)
+        u, factorization = bandsolve.smnn_factor_solve(
+            c, r, g, s, n_steps=n_steps, weight_equation=weight_equation,
+            weight_init=weight_init, weight_smooth=weight_smooth,
+            central_smoothness=central_smoothness)
         return _from_core(u, device), _from_core(factorization.lower, device)
 
 
