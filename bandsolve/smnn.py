@@ -556,6 +556,12 @@ def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_eq
     """
     if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
         T = _infer_n_steps(n_steps, coefficients=coefficients, rhs=rhs, steps=steps)
+        if algorithm == "auto":
+            # the caller keeps .lower: a block Cholesky kernel, never the parallel-in-time
+            # factorisation (which has no such factor)
+            from .gpu import config
+            block_size = coefficients.shape[-2] * coefficients.shape[-1]
+            algorithm = "thread" if block_size <= config.THREAD_MAX_BLOCK_SIZE else "block"
         factorization = smnn_factor(
             coefficients, steps, init_shape=(init.shape[-3], init.shape[-1]), n_steps=T,
             weight_equation=weight_equation, weight_init=weight_init,
