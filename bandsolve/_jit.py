@@ -11,8 +11,9 @@ import numba
 
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 
-# Below this many block rows in a batch, kernels run on one thread (~1 ms of work).
-PARALLEL_MIN_BLOCK_ROWS = 2048
+# Below this many block rows in a batch, kernels run on one thread (a few ms of work):
+# on a busy machine a threaded launch can wait ~10-20 ms for a second core.
+PARALLEL_MIN_BLOCK_ROWS = 8192
 
 
 def jit_helper(func):
