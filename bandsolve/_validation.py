@@ -122,7 +122,8 @@ def flat_batch_index(input_batch, full_batch):
     """For each system of ``full_batch`` (C order), the row of the flattened input with
     batch shape ``input_batch`` that it reads. Returns int64 ``(prod(full_batch),)``."""
     rows = np.arange(math.prod(input_batch), dtype=np.int64).reshape(input_batch)
-    return np.ascontiguousarray(np.broadcast_to(rows, full_batch)).reshape(-1)
+    # a fresh writable copy: Numba compiles read-only arrays as a separate type
+    return np.array(np.broadcast_to(rows, full_batch), order="C").reshape(-1)
 
 
 def sum_to_shape(array, shape):

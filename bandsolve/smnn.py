@@ -31,6 +31,17 @@ _LAYOUTS = {
 }
 
 
+def _kernel_array(array, dtype=None):
+    """``array`` as a C-contiguous, writable array for the kernels (a copy only when it is
+    not already one). Numba compiles read-only arrays (e.g. ``broadcast_to`` views) as a
+    separate type: normalising here keeps one compiled variant per dtype. The kernels
+    never write to their inputs."""
+    array = np.asarray(array, dtype=dtype)
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = np.array(array, order="C", copy=True)
+    return array
+
+
 class _LeftHandSide:
     """Validated, flattened left-hand-side inputs (internal)."""
 
@@ -47,10 +58,10 @@ class _LeftHandSide:
         self.batch_shape = v.broadcast_batch(
             coefficients=coefficients.shape[:-4], steps=steps.shape[:-1])
         n_lhs = math.prod(self.batch_shape)
-        self.coefficients = np.ascontiguousarray(
+        self.coefficients = _kernel_array(
             np.broadcast_to(coefficients, self.batch_shape + coefficients.shape[-4:])
         ).reshape(n_lhs, coefficients.shape[-4], self.n_equations, self.block_size)
-        self.steps = np.ascontiguousarray(
+        self.steps = _kernel_array(
             np.broadcast_to(steps, self.batch_shape + steps.shape[-1:])
         ).reshape(n_lhs, steps.shape[-1])
 
@@ -68,11 +79,11 @@ class _LeftHandSide:
     def flat_rhs(self, rhs, init, batch):
         """Right-hand-side inputs flattened for the kernels, with their index maps over
         the full batch ``batch``: ``(rhs_flat, rhs_index, init_flat, init_index, lhs_index)``."""
-        rhs_flat = np.ascontiguousarray(rhs).reshape((-1,) + rhs.shape[-2:])
+        rhs_flat = _kernel_array(rhs).reshape((-1,) + rhs.shape[-2:])
         lhs_index = v.flat_batch_index(self.batch_shape, batch)
         rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
         if init.size:
-            init_flat = np.ascontiguousarray(init).reshape((-1,) + init.shape[-3:])
+            init_flat = _kernel_array(init).reshape((-1,) + init.shape[-3:])
             init_index = v.flat_batch_index(init.shape[:-3], batch)
         else:  # no initial values: one empty row that every system points to
             init_flat = np.zeros((1, 0, self.n_dims, 0), dtype=self.dtype)
@@ -300,7 +311,7 @@ class SMNNFactorization:
         expected = lhs.batch_shape + (T, lhs.bandwidth + 1, lhs.block_size, lhs.block_size)
         if lower.shape != expected:
             raise ValueError(f"lower must have shape {expected}; got {lower.shape}")
-        flat = np.ascontiguousarray(lower, dtype=lhs.dtype).reshape((-1,) + expected[-4:])
+        flat = _kernel_array(lower, dtype=lhs.dtype).reshape((-1,) + expected[-4:])
         return cls(lhs, BlockCholesky(flat, lhs.batch_shape))
 
     @property
@@ -385,7 +396,7 @@ class SMNNFactorization:
         u = _prepare("u", u)
         if u.shape != u_shape:
             raise ValueError(f"u must have shape {u_shape}; got {u.shape}")
-        x = np.ascontiguousarray(u, dtype=lhs.dtype).reshape(-1, lhs.n_steps, lhs.block_size)
+        x = _kernel_array(u, dtype=lhs.dtype).reshape(-1, lhs.n_steps, lhs.block_size)
         return self._backward(rhs, init, batch, x, ubar)
 
     def _backward(self, rhs, init, batch, x, ubar):
@@ -401,7 +412,7 @@ class SMNNFactorization:
         y = np.array(ubar, dtype=lhs.dtype, order="C").reshape(x.shape)
         lhs_index = v.flat_batch_index(lhs.batch_shape, batch)
         self.cholesky.solve_flat_in_place(y, lhs_index)
-        rhs_flat = np.ascontiguousarray(rhs).reshape((-1,) + rhs.shape[-2:])
+        rhs_flat = _kernel_array(rhs).reshape((-1,) + rhs.shape[-2:])
         rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
         return self._gradients(x, y, batch, lhs_index, rhs_flat, rhs_index,
                                rhs.shape, init.shape)
