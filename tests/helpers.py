@@ -398,3 +398,25 @@ def fd4(f, x, eps):
             return f(y)
         grad[idx] = (-at(2 * eps) + 8 * at(eps) - 8 * at(-eps) + at(-2 * eps)) / (12 * eps)
     return grad
+
+
+# ----------------------------------------------------------------------------- examples
+
+EXAMPLES_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name, tmp_path, *extra):
+    """Run ``examples/name --quick --json --plot`` in a subprocess; returns
+    ``(metrics, stdout)``. Fails on a non-zero exit or a missing/invalid PNG."""
+    import json
+    import subprocess
+    import sys
+
+    json_path, png_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / name), "--quick", "--json", str(json_path),
+         "--plot", str(png_path), *extra],
+        cwd=EXAMPLES_DIR.parent, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads(json_path.read_text()), result.stdout

@@ -20,8 +20,6 @@ About 40 s in total on 2 mostly idle cores (KdV 20 s, scaling 11 s, SST 5 + 4 s)
 56 s and 178 s while other jobs loaded the same 2 cores (load average 4-5).
 """
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,18 +32,9 @@ sys.path.insert(0, str(EXAMPLES))
 
 import _kdv_data  # noqa: E402
 import _sst_data  # noqa: E402
+from helpers import run_example  # noqa: E402
 
 
-def run_example(name, tmp_path, *extra):
-    """Run ``examples/name --quick --json --plot``; returns (metrics, stdout)."""
-    json_path, png_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--quick", "--json", str(json_path),
-         "--plot", str(png_path), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return json.loads(json_path.read_text()), result.stdout
 
 
 # ----------------------------------------------------------------------------- KdV generator

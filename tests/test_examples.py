@@ -21,27 +21,12 @@ import json
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bandsolve import cli
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-
-
-def run_example(name, tmp_path, *extra):
-    """Run ``examples/name --quick --json --plot``; returns (metrics, stdout)."""
-    json_path, png_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--quick", "--json", str(json_path),
-         "--plot", str(png_path), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return json.loads(json_path.read_text()), result.stdout
+from helpers import run_example
 
 
 def check_validation_rows(rows):
