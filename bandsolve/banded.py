@@ -96,12 +96,16 @@ class BlockBanded:
             blocks[..., j:, j, :, :] = np.moveaxis(tiled[..., t[j:], :, t[j:] - j, :], 0, -3)
         return cls(blocks)
 
+    def _symmetric_diagonal(self):
+        """The diagonal blocks ``(..., T, n, n)`` in full, from their lower triangles."""
+        lower = np.tril(self.blocks[..., 0, :, :])
+        return lower + np.swapaxes(np.tril(lower, -1), -1, -2)
+
     def to_dense(self):
         """The full symmetric matrix ``(..., T*n, T*n)`` (O(T^2) memory: for checks)."""
         T, p, n = self.n_steps, self.bandwidth, self.block_size
         dense = np.zeros(self.batch_shape + (T, n, T, n), dtype=self.dtype)
-        lower = np.tril(self.blocks[..., 0, :, :])
-        diagonal = lower + np.swapaxes(np.tril(lower, -1), -1, -2)
+        diagonal = self._symmetric_diagonal()
         t = np.arange(T)
         dense[..., t, :, t, :] = np.moveaxis(diagonal, -3, 0)
         for j in range(1, min(p, T - 1) + 1):
@@ -114,8 +118,7 @@ class BlockBanded:
         """``M @ x`` for ``x`` ``(..., T, n)`` (batch broadcast); returns ``(..., T, n)``."""
         x = as_host_array("x", x)
         T, p = self.n_steps, self.bandwidth
-        lower = np.tril(self.blocks[..., 0, :, :])
-        diagonal = lower + np.swapaxes(np.tril(lower, -1), -1, -2)
+        diagonal = self._symmetric_diagonal()
         y = np.einsum("...tab,...tb->...ta", diagonal, x)
         for j in range(1, min(p, T - 1) + 1):
             block = self.blocks[..., j:, j, :, :]  # M[t, t-j] for t >= j

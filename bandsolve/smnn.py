@@ -239,7 +239,8 @@ def _validate(coefficients, rhs, init, steps, n_steps, weight_equation, weight_i
     """All checks of a full problem, before any kernel runs (``device=True``: metadata
     only, and the arrays are returned uncast; ``bandsolve.gpu`` casts on the device)."""
     v.backend_of(coefficients=coefficients, rhs=rhs, init=init, steps=steps)
-    rhs_array = _prepare("rhs", rhs, device)
+    # only the shape is needed here (to infer T); _check_rhs checks the values once
+    rhs_array = rhs if device else v.as_host_array("rhs", rhs)
     v.check_rank("rhs", rhs_array, 2, _LAYOUTS["rhs"])
     coefficients, steps, T, weights = _check_lhs(
         coefficients, steps, n_steps, weight_equation, weight_init, weight_smooth,
@@ -410,10 +411,8 @@ class SMNNFactorization:
             raise ValueError(f"ubar must have the shape of u, {u_shape}; "
                              f"got {ubar.shape}") from None
         y = np.array(ubar, dtype=lhs.dtype, order="C").reshape(x.shape)
-        lhs_index = v.flat_batch_index(lhs.batch_shape, batch)
+        rhs_flat, rhs_index, _, _, lhs_index = lhs.flat_rhs(rhs, init, batch)
         self.cholesky.solve_flat_in_place(y, lhs_index)
-        rhs_flat = _kernel_array(rhs).reshape((-1,) + rhs.shape[-2:])
-        rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
         return self._gradients(x, y, batch, lhs_index, rhs_flat, rhs_index,
                                rhs.shape, init.shape)
 
@@ -586,16 +585,26 @@ def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_eq
     return u, factorization
 
 
-def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
-                weight_smooth, central_smoothness):
-    """Validate, factor and solve on the host: ``(u, factorization, vjp)``."""
+def _host_problem(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
+                  weight_smooth, central_smoothness):
+    """Validate a full host problem; returns ``(lhs, rhs, init, batch)`` with the
+    flattened left-hand side and the full broadcast batch shape."""
     coefficients, rhs, init, steps, T, weights = _validate(
         coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
         weight_smooth, central_smoothness)
-    Ti, _, Oi = init.shape[-3:]
-    init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
+    init_shape = _check_init_shape((init.shape[-3], init.shape[-1]), coefficients, T)
     lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central_smoothness)
     batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs.shape[:-2], init=init.shape[:-3])
+    return lhs, rhs, init, batch
+
+
+def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
+                weight_smooth, central_smoothness):
+    """Validate, factor and solve on the host: ``(u, factorization, vjp)``."""
+    lhs, rhs, init, batch = _host_problem(
+        coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
+        weight_smooth, central_smoothness)
+    T = lhs.n_steps
     if batch == lhs.batch_shape:
         # one right-hand side per left-hand side: factor and solve each system in one
         # pass while its factor is still in cache
@@ -627,16 +636,12 @@ def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
     if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
         raise TypeError("smnn_normal_equations works on host (NumPy) arrays only; copy the "
                         "inputs to the host first (e.g. cupy.asnumpy)")
-    coefficients, rhs, init, steps, T, weights = _validate(
+    lhs, rhs, init, batch = _host_problem(
         coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
         weight_smooth, central_smoothness)
-    Ti, _, Oi = init.shape[-3:]
-    init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
-    lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central_smoothness)
     blocks = lhs.empty_blocks()
     assemble_kernel.for_batch(*blocks.shape[:2])(
         lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), blocks)
     matrix = BlockBanded(blocks.reshape(lhs.batch_shape + blocks.shape[1:]))
-    batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs.shape[:-2], init=init.shape[:-3])
     b, *_ = lhs.assemble_rhs(rhs, init, batch)
-    return matrix, b.reshape(batch + (T, lhs.block_size))
+    return matrix, b.reshape(batch + (lhs.n_steps, lhs.block_size))
