@@ -30,9 +30,12 @@ predicts the damped second-order ODE ``u'' + c1 u' + c0 u = r(t)`` (``D = 1``, `
 tau) + beta_k sin(2 pi k tau)`` (``tau`` calendar years; ``k <= 3`` for CO2, ``<= 2``
 for El Nino): ``m`` is a particular solution, and the solve, over the last ``n_init``
 window samples (initial values, CO2 10 weeks, El Nino 3 months) plus the horizon,
-relaxes the observed state onto it at the learned damping. Adam (learning rate 1e-2,
-cosine decay), 64 random training windows per iteration, masked mean squared error of
-the forecast.
+relaxes the observed state onto it at the learned damping (for El Nino ``a1 = 0``: no
+trend is extrapolated). Adam (learning rate 1e-2, cosine decay), 64 random training
+windows per iteration, masked mean squared error of the forecast. Early stopping: the
+last ``test`` samples of the training period are a validation block (training windows
+end before it), and the encoder state with the smallest validation error, checked every
+25 iterations, is kept.
 
 Baselines on the same origins and samples: persistence (last value), seasonal naive (the
 value one year before, 52 weeks / 12 months), training climatology (mean by week of year
@@ -48,11 +51,12 @@ series' unit.
     python examples/forecast.py [--quick] [--dataset co2|elnino|both] [--json PATH]
                                 [--plot PATH] [--iterations N] [--seed S]
 
-``--plot docs/forecast.png`` writes ``docs/forecast_co2.png`` and
-``docs/forecast_elnino.png``. ``--quick``: CO2 only, 3 origins, 150 iterations, no
-SARIMAX (its fit alone takes ~10 s), about 15 s. ``--json`` holds, per dataset,
-``rmse`` / ``mae`` (method -> list over ``bands``), ``bands``, ``origins``,
-``train_seconds`` (S-MNN), ``fit_seconds`` (per statsmodels method), ``losses``.
+With both datasets ``--plot docs/forecast.png`` writes ``docs/forecast_co2.png`` and
+``docs/forecast_elnino.png`` (with one, the path given). ``--quick``: CO2 only, 3
+origins, 150 iterations, no SARIMAX (its fit alone takes 10-50 s), 20-60 s. ``--json``
+holds, per dataset, ``rmse`` / ``mae`` (method -> list over ``bands``), ``bands``,
+``origins``, ``best_iteration`` and ``validation`` (early stopping), ``train_seconds``
+(S-MNN), ``fit_seconds`` (per statsmodels method) and ``losses``.
 """
 
 import math
@@ -183,8 +187,35 @@ def detrended_std(values):
     return float(np.std(values - np.polyval(np.polyfit(x, values, 1), x)))
 
 
-def train(setup, series, filled, train_end, iterations, seed=0, batch=64, lr=1e-2):
-    """Fit a :class:`Forecaster` on windows whose targets end before ``train_end``."""
+def _batch(setup, series, filled, starts):
+    """Tensors ``(window (B, W), last_year (B,), target (B, H), observed (B, H))`` of the
+    windows starting at ``starts``; missing targets are zero and unobserved."""
+    import torch
+
+    index = starts[:, None] + np.arange(setup.window + setup.horizon)[None, :]
+    target = series.values[index[:, setup.window:]]
+    return (torch.from_numpy(filled[index[:, :setup.window]]),
+            torch.from_numpy(series.years[starts + setup.window - 1]),
+            torch.from_numpy(np.nan_to_num(target)), torch.from_numpy(~np.isnan(target)))
+
+
+def masked_mse(model, window, last_year, target, observed):
+    error = (model(window, last_year) - target) / model.scale
+    return (error[observed] ** 2).mean()
+
+
+def train(setup, series, filled, train_end, iterations, seed=0, batch=64, lr=1e-2,
+          check_every=25):
+    """Fit a :class:`Forecaster` on the data before ``train_end`` with early stopping.
+
+    The last ``setup.test`` samples before ``train_end`` are a validation block: training
+    windows end before it, validation forecasts (origins every ``stride / 2`` samples)
+    lie inside it, and the encoder state with the smallest validation error (checked
+    every ``check_every`` iterations) is kept. Returns the model, the training losses and
+    ``{"best_iteration", "validation"}``.
+    """
+    import copy
+
     import torch
 
     past = filled[:train_end]
@@ -193,28 +224,34 @@ def train(setup, series, filled, train_end, iterations, seed=0, batch=64, lr=1e-
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations)
     rng = np.random.default_rng(seed)
-    last_start = train_end - setup.window - setup.horizon
-    span = np.arange(setup.window + setup.horizon)
-    losses = []
+    fit_end = train_end - setup.test
+    last_start = fit_end - setup.window - setup.horizon
+    if last_start < 0:
+        raise ValueError(f"{series.name}: too few samples before the validation block")
+    origins = np.arange(fit_end, train_end - setup.horizon + 1, max(1, setup.stride // 2))
+    validation = _batch(setup, series, filled, origins - setup.window)
+    losses, checks = [], []
+    best = (float("inf"), -1, None)
     for iteration in range(iterations):
         starts = rng.integers(0, last_start + 1, batch)
-        index = starts[:, None] + span[None, :]
-        window = torch.from_numpy(filled[index[:, :setup.window]])
-        target = series.values[index[:, setup.window:]]
-        observed = torch.from_numpy(~np.isnan(target))
-        target = torch.from_numpy(np.nan_to_num(target))
-        last_year = torch.from_numpy(series.years[starts + setup.window - 1])
         optimizer.zero_grad()
-        error = (model(window, last_year) - target) / model.scale
-        loss = (error[observed] ** 2).mean()
+        loss = masked_mse(model, *_batch(setup, series, filled, starts))
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        if (iteration + 1) % check_every == 0 or iteration == iterations - 1:
+            with torch.no_grad():
+                score = masked_mse(model, *validation).item()
+            checks.append((iteration + 1, score))
+            if score < best[0]:
+                best = (score, iteration + 1, copy.deepcopy(model.net.state_dict()))
         if iteration % 100 == 0 or iteration == iterations - 1:
-            progress(f"  iteration {iteration:4d}  training MSE {loss.item():.4f} "
+            progress(f"  iteration {iteration:4d}  training MSE {loss.item():.4f}, "
+                     f"validation MSE {checks[-1][1] if checks else float('nan'):.4f} "
                      f"(normalised)")
-    return model, losses
+    model.net.load_state_dict(best[2])
+    return model, losses, dict(best_iteration=best[1], validation=checks)
 
 
 # -------------------------------------------------------------------------- baselines
@@ -289,9 +326,10 @@ def run_dataset(setup, quick, iterations, seed):
              f"{len(origins)} origins, horizon {setup.horizon}")
 
     started = time.perf_counter()
-    model, losses = train(setup, series, filled, train_end, iterations, seed)
+    model, losses, stopping = train(setup, series, filled, train_end, iterations, seed)
     train_seconds = time.perf_counter() - started
-    progress(f"  S-MNN trained in {train_seconds:.1f} s ({iterations} iterations)")
+    progress(f"  S-MNN trained in {train_seconds:.1f} s ({iterations} iterations; kept "
+             f"iteration {stopping['best_iteration']}, the best on validation)")
 
     season = season_index(series)
     climatology = np.array([np.nanmean(series.values[:train_end][season[:train_end] == s])
@@ -337,7 +375,9 @@ def run_dataset(setup, quick, iterations, seed):
                 origin_years=series.years[origins], train_end=train_end,
                 bands=[b[0] for b in band_list], rmse=rmse, mae=mae,
                 iterations=iterations, train_seconds=train_seconds,
-                fit_seconds=fit_seconds, losses=losses[::10]), (series, forecasts, truth,
+                fit_seconds=fit_seconds, losses=losses[::10],
+                best_iteration=stopping["best_iteration"],
+                validation=stopping["validation"]), (series, forecasts, truth,
                                                                 origins)
 
 
@@ -403,7 +443,9 @@ def main(argv=None):
     metrics = {}
     for key in keys:
         metrics[key], drawn = run_dataset(SETUPS[key], args.quick, iterations, args.seed)
-        if args.plot:
+        if args.plot and len(keys) == 1:
+            plot(*drawn, SETUPS[key], args.plot)
+        elif args.plot:
             stem = args.plot[:-4] if args.plot.endswith(".png") else args.plot
             plot(*drawn, SETUPS[key], f"{stem}_{key}.png")
     seconds = time.perf_counter() - started

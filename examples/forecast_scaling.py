@@ -19,7 +19,9 @@ two minimise the same sum of squares apart from the slack. Each method runs in i
 child process on one thread over increasing ``T``; "peak memory" is the growth of the
 resident set during one step (``/proc/self/clear_refs`` resets the high-water mark;
 large blocks are mmapped so freed memory returns): a lower bound of the true peak. Time
-is the best of 3 steps after a warm-up step (a dense step over 1 s is timed once). The
+is the best of 3 steps after a warm-up step (the dense method: a warm-up at the first
+length only, and a step over 1 s is timed once; its timed step includes building the
+constant rows' normal matrix, as a dense implementation must). The
 dense method stops when its peak, extrapolated as ``N^2`` from the last measured length,
 would exceed the budget (default 4 GiB).
 
@@ -156,7 +158,8 @@ def _child(method, lengths, batch, budget, seed=0):
             optimizer.step()
             return loss.item()
 
-        step()  # warm-up (compiled kernels, the dense method's constant rows)
+        if method == "bandsolve" or last is None:
+            step()  # warm-up: compiled kernels of this size (dense: torch's first call)
         gc.collect()
         before = _rss_bytes("VmRSS")
         reset = _reset_peak()
