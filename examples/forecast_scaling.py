@@ -16,7 +16,7 @@ the longest, ``T = 2284``, is the length of the whole record). The solve is eith
 
 The same central smoothness rows are on for bandsolve (``central_smoothness=True``), so the
 two minimise the same sum of squares apart from the slack. Each method runs in its own
-child process on one thread over increasing ``T``; "peak memory" is the growth of the
+child process (``--quick``: one child runs both) on one thread over increasing ``T``; "peak memory" is the growth of the
 resident set during one step (``/proc/self/clear_refs`` resets the high-water mark;
 large blocks are mmapped so freed memory returns): a lower bound of the true peak. Time
 is the best of 3 steps after a warm-up step (the dense method: a warm-up at the first
@@ -105,8 +105,14 @@ def _reset_peak():
         return False
 
 
-def _child(method, lengths, batch, budget, seed=0):
-    """Child-process body: one JSON line per length."""
+def _child(methods, lengths, batch, budget, seed=0):
+    """Child-process body: for each of ``methods`` (comma-separated) one JSON line per
+    length."""
+    for method in methods.split(","):
+        _measure_in_process(method, lengths, batch, budget, seed)
+
+
+def _measure_in_process(method, lengths, batch, budget, seed):
     import gc
 
     import torch
@@ -138,8 +144,8 @@ def _child(method, lengths, batch, budget, seed=0):
         if method == "dense" and last is not None:
             predicted = last[1] * ((3 * T + 1) / last[0]) ** 2
             if predicted > budget:
-                print(json.dumps(dict(T=T, status="over budget", predicted_bytes=predicted)),
-                      flush=True)
+                print(json.dumps(dict(method=method, T=T, status="over budget",
+                                      predicted_bytes=predicted)), flush=True)
                 continue
         origins = rng.integers(setup.window, n - 52, batch)
         index = origins[:, None] + np.arange(horizon)[None, :]
@@ -174,11 +180,13 @@ def _child(method, lengths, batch, budget, seed=0):
                 seconds = min(seconds, time.perf_counter() - start)
         if method == "dense" and peak:
             last = (3 * T + 1, peak)
-        print(json.dumps(dict(T=T, status="ok", seconds=seconds, peak_bytes=peak)),
-              flush=True)
+        print(json.dumps(dict(method=method, T=T, status="ok", seconds=seconds,
+                              peak_bytes=peak)), flush=True)
 
 
-def measure(method, lengths, batch, budget):
+def measure(methods, lengths, batch, budget):
+    """Run :func:`_child` for ``methods`` (comma-separated) in one fresh process;
+    ``{method: {T: row}}``."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import forecast_scaling as s; "
             "s._child(sys.argv[2], [int(t) for t in sys.argv[3].split(',')], "
             "int(sys.argv[4]), float(sys.argv[5]))")
@@ -187,12 +195,13 @@ def measure(method, lengths, batch, budget):
                                        "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     here = os.path.dirname(os.path.abspath(__file__))
     process = subprocess.Popen(
-        [sys.executable, "-c", code, here, method, ",".join(map(str, lengths)), str(batch),
+        [sys.executable, "-c", code, here, methods, ",".join(map(str, lengths)), str(batch),
          str(budget)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    rows = {}
+    rows = {method: {} for method in methods.split(",")}
     for line in process.stdout:
         row = json.loads(line)
-        rows[row["T"]] = row
+        method = row["method"]
+        rows[method][row["T"]] = row
         if row["status"] == "ok":
             memory = "n/a" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.1f}"
             progress(f"{method:9s} T={row['T']:5d}  {row['seconds']:8.4f} s/step  peak +"
@@ -202,7 +211,7 @@ def measure(method, lengths, batch, budget):
                      f"{row['predicted_bytes'] / GIB:.2f} GiB > {budget / GIB:.2f} GiB")
     stderr = process.stderr.read()
     if process.wait() != 0:
-        raise RuntimeError(f"the {method} measurements failed:\n{stderr[-3000:]}")
+        raise RuntimeError(f"the {methods} measurements failed:\n{stderr[-3000:]}")
     return rows
 
 
@@ -222,8 +231,12 @@ def main(argv=None):
     progress(f"CO2 forecaster training step, batch {batch}, lengths {list(lengths)}, "
              f"dense budget {budget / GIB:.2f} GiB, 1 thread")
     started = time.perf_counter()
-    band = measure("bandsolve", lengths, batch, budget)
-    dense = measure("dense", lengths, batch, budget)
+    if args.quick:  # one process for both (start-up dominates a quick run)
+        measured = measure("bandsolve,dense", lengths, batch, budget)
+    else:  # a fresh process each, so that one method's memory cannot hide the other's
+        measured = {**measure("bandsolve", lengths, batch, budget),
+                    **measure("dense", lengths, batch, budget)}
+    band, dense = measured["bandsolve"], measured["dense"]
     rows = []
     for T in lengths:
         b, d = band[T], dense[T]
