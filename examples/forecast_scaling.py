@@ -16,14 +16,14 @@ the longest, ``T = 2284``, is the length of the whole record). The solve is eith
 
 The same central smoothness rows are on for bandsolve (``central_smoothness=True``), so the
 two minimise the same sum of squares apart from the slack. Each method runs in its own
-child process (``--quick``: one child runs both) on one thread over increasing ``T``; "peak memory" is the growth of the
-resident set during one step (``/proc/self/clear_refs`` resets the high-water mark;
-large blocks are mmapped so freed memory returns): a lower bound of the true peak. Time
-is the best of 3 steps after a warm-up step (the dense method: a warm-up at the first
-length only, and a step over 1 s is timed once; its timed step includes building the
-constant rows' normal matrix, as a dense implementation must). The
-dense method stops when its peak, extrapolated as ``N^2`` from the last measured length,
-would exceed the budget (default 4 GiB).
+child process (``--quick``: one child runs both) on one thread over increasing ``T``;
+"peak memory" is the growth of the resident set during one step
+(``/proc/self/clear_refs`` resets the high-water mark; large blocks are mmapped so freed
+memory returns): a lower bound of the true peak. Time is the best of 3 steps after an
+untimed warm-up step at the same length (a dense step over 1 s is timed once; the
+dense constant rows' normal matrix, built in the warm-up, is cached per length). The
+dense method stops when its peak, extrapolated as ``N^2`` from the last measured
+length, would exceed the budget (default 4 GiB).
 
     python examples/forecast_scaling.py [--quick] [--json PATH] [--plot PATH]
                                         [--batch B] [--budget-gib G] [--lengths ...]
@@ -164,8 +164,7 @@ def _measure_in_process(method, lengths, batch, budget, seed):
             optimizer.step()
             return loss.item()
 
-        if method == "bandsolve" or last is None:
-            step()  # warm-up: compiled kernels of this size (dense: torch's first call)
+        step()  # warm-up: compiled kernels of this size, the dense constant rows
         gc.collect()
         before = _rss_bytes("VmRSS")
         reset = _reset_peak()
