@@ -53,7 +53,7 @@ series' unit.
 
 With both datasets ``--plot docs/forecast.png`` writes ``docs/forecast_co2.png`` and
 ``docs/forecast_elnino.png`` (with one, the path given). ``--quick``: CO2 only, 3
-origins, 150 iterations, no SARIMAX (its fit alone takes 10-50 s), 20-60 s. ``--json``
+origins, 100 iterations, no SARIMAX (its fit alone takes 10-50 s), 20-60 s. ``--json``
 holds, per dataset, ``rmse`` / ``mae`` (method -> list over ``bands``), ``bands``,
 ``origins``, ``best_iteration`` and ``validation`` (early stopping), ``train_seconds``
 (S-MNN), ``fit_seconds`` (per statsmodels method) and ``losses``.
@@ -429,7 +429,7 @@ def main(argv=None):
         parser.add_argument("--dataset", choices=("co2", "elnino", "both"),
                             help="default both (quick: co2)")
         parser.add_argument("--iterations", type=int, help="Adam iterations (default 600; "
-                                                           "quick 150)")
+                                                           "quick 100)")
         parser.add_argument("--seed", type=int, default=0)
 
     args = parse_args(__doc__.splitlines()[0], argv, extra)
@@ -439,7 +439,7 @@ def main(argv=None):
     started = time.perf_counter()
     dataset = args.dataset or ("co2" if args.quick else "both")
     keys = ["co2", "elnino"] if dataset == "both" else [dataset]
-    iterations = args.iterations or (150 if args.quick else 600)
+    iterations = args.iterations or (100 if args.quick else 600)
     metrics = {}
     for key in keys:
         metrics[key], drawn = run_dataset(SETUPS[key], args.quick, iterations, args.seed)

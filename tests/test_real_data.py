@@ -11,7 +11,7 @@
   ``bandsolve.baselines.mnn_dense_solve``.
 
 Together about 30-60 s on 2 idle cores (process start-up, Numba cache loading, the
-150-iteration quick training and three ETS fits).
+100-iteration quick training and three ETS fits).
 """
 
 import sys
