@@ -3,7 +3,8 @@
 Public surface (re-exports only):
 
 - :func:`smnn_solve`: ``bandsolve.smnn_solve`` on tensors (CPU or CUDA), differentiable in
-  coefficients, rhs, init and steps; works under ``torch.compile(fullgraph=True)``.
+  coefficients, rhs, init and steps; works under ``torch.compile(fullgraph=True)``
+  and ``torch.func`` (``vmap``, ``grad``, ``vjp``, ``jacrev``).
 - :class:`FrozenLHS`: coefficients and steps factored once, ``.solve(rhs, init)`` many times.
 - :class:`MechanisticLayer`: an ``nn.Module`` with learned positive step sizes.
 - :func:`ode_forward`: the reference implementation's ``ode_forward`` signature (a one-line
