@@ -47,6 +47,38 @@ def test_torch_cuda_tensors_forward_and_backward():
         _close(tensor.grad.cpu().numpy(), expected)
 
 
+def test_torch_cuda_ode_forward_and_func_vmap():
+    """``ode_forward`` (the Lorenz call pattern, step axis first, frozen cache) and
+    ``torch.func.vmap`` over ``smnn_solve`` on CUDA tensors, against the host core."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.fail("torch sees no CUDA device")
+    import bandsolve_torch
+
+    T, bs = 20, 8
+    coefficients = np.zeros((1, 1, 3, 1, 1, 3))
+    coefficients[..., 1] = 1.0
+    rng = np.random.default_rng(6)
+    rhs, init = rng.standard_normal((T, bs, 3, 1)), rng.standard_normal((1, bs, 3, 1, 1))
+    steps = np.full((1, 1, 1), 0.05)
+    u_host = bandsolve.smnn_solve(np.moveaxis(coefficients, 0, -4), np.moveaxis(rhs, 0, -2),
+                                  np.moveaxis(init, 0, -3), np.moveaxis(steps, 0, -1),
+                                  n_steps=T)
+    cuda = [torch.tensor(a, device="cuda") for a in (coefficients, rhs, init, steps)]
+    for version in (0, 1, 1):  # plain, then the frozen factor made and reused
+        u = bandsolve_torch.ode_forward(*cuda, n_steps=T, is_step_dim_first=True,
+                                        frozen_lhs_cache_version=version)
+        assert u.device.type == "cuda"
+        _close(u.movedim(0, -3).cpu().numpy(), u_host)
+    bandsolve_torch.clear_frozen_lhs_cache()
+
+    problem = make_problem(7, batch=(3,), T=12, E=2, D=2, O=3, Ti=1, Oi=2)
+    c, r, g, h = (torch.tensor(a, device="cuda") for a in problem)
+    u = torch.func.vmap(bandsolve_torch.smnn_solve, in_dims=(0, 0, 0, None))(c, r, g, h[0])
+    _close(u.cpu().numpy(), bandsolve.smnn_solve(problem[0], problem[1], problem[2],
+                                                 problem[3][0]))
+
+
 def test_jax_gpu_arrays_forward_and_backward():
     jax = pytest.importorskip("jax")
     if not any(d.platform == "gpu" for d in jax.devices()):

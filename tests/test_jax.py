@@ -1,5 +1,5 @@
-"""The JAX adapter: forward under jit against a dense solve, reverse-mode gradients against
-finite differences, vmap against the batched call, jit(grad) and vmap(grad) of training
+"""The JAX adapter: forward under jit against a dense solve, forward- and reverse-mode
+derivatives against finite differences and each other, vmap against the batched call, jit(grad) and vmap(grad) of training
 losses, no retracing, dtypes and errors.
 
 Every test runs with ``jax_enable_x64`` on through the ``jax.enable_x64`` context (an
@@ -109,13 +109,14 @@ def test_x64_off_float32_works_and_float64_is_refused():
 
 # ---------------------------------------------------------------------------- gradients
 
-FD_EPS = 1e-5  # see test_check_grads_reverse_mode
+FD_EPS = 1e-5  # see test_check_grads_forward_and_reverse_mode
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_check_grads_reverse_mode(name):
-    """jax.test_util.check_grads compares <vjp(ct), t> with <ct, finite-difference jvp(t)>
-    along a random direction t, at its float64 tolerance 1e-5. The central difference has
+def test_check_grads_forward_and_reverse_mode(name):
+    """jax.test_util.check_grads compares jvp(t) with the finite-difference jvp(t), and
+    <vjp(ct), t> with <ct, finite-difference jvp(t)>, along a random direction t, at its
+    float64 tolerance 1e-5. The central difference has
     truncation error ~eps^2 |f'''|: with step length 1, the one shared coefficient block and
     step size move every row, and at check_grads' default eps=1e-4 that error reaches
     1.3e-5 relative (checked: it falls as eps^2, and the VJP agrees with 4th-order
@@ -125,11 +126,11 @@ def test_check_grads_reverse_mode(name):
     problem, kw = _case(name)
     args = _jax(problem)
     solve = jax.jit(lambda *a: bandsolve_jax.smnn_solve(*a, **kw))
-    check_grads(solve, args, order=1, modes=["rev"], eps=FD_EPS)
+    check_grads(solve, args, order=1, modes=["fwd", "rev"], eps=FD_EPS)
     for i in range(4):
         def only_i(x, i=i):
             return solve(*args[:i], x, *args[i + 1:])
-        check_grads(only_i, (args[i],), order=1, modes=["rev"], eps=FD_EPS)
+        check_grads(only_i, (args[i],), order=1, modes=["fwd", "rev"], eps=FD_EPS)
 
 
 def _network(weights, features):
@@ -299,10 +300,33 @@ def test_value_errors_surface_at_run_time_with_the_core_message():
         solve(jnp.zeros_like(c), r, g[..., :0, :, :], h).block_until_ready()
 
 
-def test_forward_mode_is_refused():
+@pytest.mark.parametrize("name", ["central+weights", "lhs broadcast"])
+def test_jacfwd_equals_jacrev(name):
+    """Forward mode (core JVP, one solve per tangent batch) and reverse mode (core VJP)
+    are independent code paths for the same Jacobian: equal to rounding (1e-12 relative,
+    the Jacobian entries are O(1) and cond(M) <= 1e4 here)."""
+    problem, kw = _case(name, seed=3)
+    args = _jax(problem)
+    for argnum in range(4):
+        jac_fwd = jax.jit(jax.jacfwd(lambda *a: bandsolve_jax.smnn_solve(*a, **kw),
+                                     argnums=argnum))(*args)
+        jac_rev = jax.jacrev(lambda *a: bandsolve_jax.smnn_solve(*a, **kw),
+                             argnums=argnum)(*args)
+        scale = float(jnp.abs(jac_rev).max())
+        assert float(jnp.abs(jac_fwd - jac_rev).max()) <= 1e-12 * scale, argnum
+
+
+def test_jvp_reuses_the_forward_factor(monkeypatch):
+    """jax.jvp factors once (the forward call) and its tangent solves with that factor."""
+    calls = []
+    for name in ("smnn_factor_solve", "smnn_factor", "smnn_solve"):
+        core = getattr(bandsolve, name)
+        monkeypatch.setattr(bandsolve, name,
+                            lambda *a, _core=core, _name=name, **k: calls.append(_name)
+                            or _core(*a, **k))
     c, r, g, h = _jax(make_problem(16))
-    with pytest.raises(TypeError, match="forward-mode"):
-        jax.jvp(lambda c: bandsolve_jax.smnn_solve(c, r, g, h), (c,), (c,))
+    jax.jvp(lambda c: bandsolve_jax.smnn_solve(c, r, g, h), (c,), (c,))[1].block_until_ready()
+    assert calls == ["smnn_factor_solve"]
 
 
 def test_device_branch_plumbing_with_a_stand_in_cupy(monkeypatch):

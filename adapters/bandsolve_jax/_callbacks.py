@@ -12,6 +12,7 @@ solve      ``smnn_solve``                        ``u``
 forward    ``smnn_factor`` + ``.solve``          ``u``, ``lower`` (the factor, residual)
 backward   ``SMNNFactorization.from_lower``      the four input gradients
            + ``.backward`` (no refactorisation)
+tangent    ``from_lower`` + ``tangent.smnn_jvp``  ``du`` for four tangents (forward mode)
 =========  ===================================  =======================================
 
 Under ``jax.vmap`` a callback is called once with the mapped axis as a new leading batch
@@ -37,6 +38,7 @@ import numpy as np
 from jax import ShapeDtypeStruct
 
 import bandsolve
+from bandsolve.tangent import smnn_jvp
 
 try:
     from jax.experimental.buffer_callback import buffer_callback
@@ -74,6 +76,12 @@ def _run_solve(static, coefficients, rhs, init, steps):
 def _run_forward(static, coefficients, rhs, init, steps):
     u, factor = bandsolve.smnn_factor_solve(coefficients, rhs, init, steps, **static.keywords)
     return u, factor.lower
+
+
+def _run_tangent(static, coefficients, rhs, init, steps, u, lower, *tangents):
+    factor = bandsolve.SMNNFactorization.from_lower(
+        lower, coefficients, steps, init_shape=static.init_shape, **static.keywords)
+    return (smnn_jvp(factor, coefficients, rhs, init, steps, u, tangents),)
 
 
 def _run_backward(static, coefficients, rhs, init, steps, u, lower, ubar):
@@ -174,3 +182,17 @@ def backward(static, coefficients, rhs, init, steps, u, lower, ubar):
     call = buffer_callback(_Callback(_run_backward, static), results,
                            vmap_method="broadcast_all")
     return tuple(call(coefficients, rhs, init, steps, u, lower, ubar))
+
+
+def tangent(static, coefficients, rhs, init, steps, u, lower, *tangents):
+    """``du`` for the tangents of the four inputs (forward mode), from the saved solution
+    and factor. Arguments of equal batch rank; a tangent's batch axes may be longer than
+    its input's (the core broadcasts)."""
+    arrays = (coefficients, rhs, init, steps, u, *tangents)
+    ndims = (4, 2, 3, 1, 3, 4, 2, 3, 1)
+    batch = np.broadcast_shapes(*(a.shape[:a.ndim - k] for a, k in zip(arrays, ndims)))
+    result = _result(batch + u.shape[-3:], u.dtype)
+    call = buffer_callback(_Callback(_run_tangent, static), (result,),
+                           vmap_method="broadcast_all")
+    (du,) = call(coefficients, rhs, init, steps, u, lower, *tangents)
+    return du

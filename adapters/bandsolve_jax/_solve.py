@@ -1,10 +1,12 @@
-"""``smnn_solve`` on JAX arrays: checks at trace time, a ``custom_vjp`` around the core."""
+"""``smnn_solve`` on JAX arrays: checks at trace time, a ``custom_jvp`` around the core."""
 
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
+from jax.interpreters import ad, batching, mlir
 
 from bandsolve import _validation
 from bandsolve import smnn as _core
@@ -34,9 +36,11 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
     -------
     u : ``(..., T, D, O)``, leading batch axes broadcast by NumPy rules.
 
-    Works under ``jax.jit``, ``jax.grad`` / ``jax.vjp`` (reverse mode, first order, with
-    respect to all four arrays) and ``jax.vmap`` (a mapped axis becomes a batch axis of one
-    core call). Forward-mode differentiation (``jax.jvp``, ``jacfwd``) is not supported.
+    Works under ``jax.jit``, ``jax.vmap`` (a mapped axis becomes a batch axis of one core
+    call), reverse mode (``jax.grad``, ``jax.vjp``, ``jacrev``) and forward mode
+    (``jax.jvp``, ``jacfwd``), first order, with respect to all four arrays; both modes
+    reuse the forward factorisation (forward mode: ``du = M^{-1} (db - dM u)``). Forward
+    mode runs on the CPU only so far.
 
     float64 when ``jax_enable_x64`` is on, float32 otherwise; float64 input while x64 is off
     is a ``TypeError`` rather than a silent downcast (under ``jax.jit`` such input is
@@ -114,20 +118,70 @@ def _equal_batch_rank(arrays):
     return tuple(a.reshape((1,) * (ndim - k) + a.shape) for a, k in zip(arrays, batch_ndims))
 
 
-# ----------------------------------------------------------------------------- the VJP
+# ------------------------------------------------------------------ derivatives
+# One custom JVP serves both modes. Its tangent is a primitive, linear in the four input
+# tangents, whose evaluation is the core's forward-mode derivative (same factor, no
+# refactorisation) and whose transpose is the core's VJP; JAX builds reverse mode
+# (grad, vjp, jacrev) by transposing it, forward mode (jvp, jacfwd) by evaluating it.
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _solve(static, coefficients, rhs, init, steps):
     return _callbacks.solve(static, coefficients, rhs, init, steps)
 
 
-def _solve_forward(static, coefficients, rhs, init, steps):
-    u, lower = _callbacks.forward(static, coefficients, rhs, init, steps)
-    return u, (coefficients, rhs, init, steps, u, lower)
+@_solve.defjvp
+def _solve_jvp(static, primals, tangents):
+    u, lower = _callbacks.forward(static, *primals)
+    return u, _tangent_p.bind(*primals, u, lower, *tangents, static=static)
 
 
-def _solve_backward(static, residuals, ubar):
-    return _callbacks.backward(static, *residuals, ubar)
+_CORE_NDIMS = (4, 2, 3, 1, 3, 4, 4, 2, 3, 1)  # c, r, g, h, u, lower, dc, dr, dg, dh
+_tangent_p = jax.extend.core.Primitive("bandsolve_smnn_tangent")
+_tangent_p.def_impl(lambda *args, static: _callbacks.tangent(static, *args))
 
 
-_solve.defvjp(_solve_forward, _solve_backward)
+@_tangent_p.def_abstract_eval
+def _(*avals, static):
+    arrays = avals[:5] + avals[6:]
+    ndims = _CORE_NDIMS[:5] + _CORE_NDIMS[6:]
+    batch = np.broadcast_shapes(*(a.shape[:a.ndim - k] for a, k in zip(arrays, ndims)))
+    u = avals[4]
+    return jax.core.ShapedArray(batch + u.shape[-3:], u.dtype)
+
+
+mlir.register_lowering(_tangent_p, mlir.lower_fun(
+    lambda *args, static: _callbacks.tangent(static, *args), multiple_results=False))
+
+
+def _tangent_transpose(du_bar, *args, static):
+    """Cotangents of the four tangents: the core's VJP at the saved solution and factor."""
+    primals, tangents = args[:6], args[6:]
+    if type(du_bar) is ad.Zero:
+        return (None,) * 10
+    c, r, g, h, u, lower = primals
+    # a tangent with more batch axes than its input wants a cotangent of its own shape
+    c, r, g, h = (jnp.broadcast_to(p, t.aval.shape) if ad.is_undefined_primal(t) else p
+                  for p, t in zip((c, r, g, h), tangents))
+    lower = jnp.broadcast_to(lower, np.broadcast_shapes(c.shape[:-4], h.shape[:-1])
+                             + lower.shape[-4:])
+    bars = _callbacks.backward(static, c, r, g, h, u, lower, du_bar)
+    return (None,) * 6 + tuple(bar if ad.is_undefined_primal(t) else None
+                               for bar, t in zip(bars, tangents))
+
+
+ad.primitive_transposes[_tangent_p] = _tangent_transpose
+
+
+def _tangent_batch(args, dims, static):
+    """A mapped axis becomes a new leading batch axis of every argument (length 1 where
+    unmapped), so the core broadcasts an unmapped input over it: one call, not a loop."""
+    moved = [jnp.moveaxis(a, d, 0) if d is not None else a[None]
+             for a, d in zip(args, dims)]
+    if dims[0] is None and dims[3] is None and dims[5] is not None:
+        # an unmapped left-hand side whose factor came out of a mapped forward call: every
+        # copy is the same factor; keep one, to match the coefficients' batch
+        moved[5] = moved[5][:1]
+    return _tangent_p.bind(*moved, static=static), 0
+
+
+batching.primitive_batchers[_tangent_p] = _tangent_batch

@@ -13,6 +13,11 @@ under ``torch.compile(fullgraph=True)``:
 -> (coefficients_bar, rhs_bar, init_bar, steps_bar)``
     the vector-Jacobian product from the saved solution and factor, no refactorisation.
 
+Each operator has a batching rule for ``torch.func.vmap`` (the mapped axis becomes a
+leading batch axis of one core call). ``SMNNSolve`` and ``SMNNSolveFactored`` wrap the
+operators as ``torch.autograd.Function``s, which is what ``torch.func.grad`` needs; the
+public functions call those.
+
 Every operator takes the options ``n_steps`` (int or None), ``weight_equation``,
 ``weight_init``, ``weight_smooth`` (floats) and ``central_smoothness`` (bool) last.
 
@@ -214,3 +219,114 @@ def _backward_factored(ctx, ubar):
 
 
 smnn_solve_factored_op.register_autograd(_backward_factored, setup_context=_setup_factored)
+
+
+# --------------------------------------------------------------------------- vmap
+# Batching rules: a vmapped axis becomes one more leading batch axis of a single core
+# call (never a loop). Every argument first gets the same number of batch axes (leading
+# axes of length 1), so that NumPy broadcasting in the core lines the mapped axes up.
+
+_CORE_NDIM = (4, 2, 3, 1, 4, 3, 3)  # coefficients, rhs, init, steps, lower, u, ubar
+
+
+def _batch_first(batch_size, in_dims, tensors, expand):
+    """Each tensor with the mapped axis first (``expand``: unmapped ones broadcast to
+    ``batch_size``, else given a leading axis of length 1) and its per-example batch axes
+    padded to a common count. Returns the tensors and their per-example batch ranks."""
+    ranks = [t.dim() - (d is not None) - k for t, d, k in zip(tensors, in_dims, _CORE_NDIM)]
+    common = max(ranks)
+    moved = []
+    for t, d, rank in zip(tensors, in_dims, ranks):
+        t = t.unsqueeze(0) if d is None else t.movedim(d, 0)
+        if expand and d is None:
+            t = t.expand(batch_size, *t.shape[1:])
+        moved.append(t.reshape(t.shape[0], *(1,) * (common - rank), *t.shape[1:]))
+    return moved, ranks, common
+
+
+def _unpad(t, rank, common):
+    """Drop the padding axes that :func:`_batch_first` added after the mapped axis."""
+    return t.reshape(t.shape[0], *t.shape[1 + common - rank:])
+
+
+@smnn_solve_op.register_vmap
+def _(info, in_dims, coefficients, rhs, init, steps, *options):
+    (c, r, g, s), ranks, common = _batch_first(info.batch_size, in_dims[:4],
+                                               (coefficients, rhs, init, steps), expand=False)
+    u, lower = smnn_solve_op(c, r, g, s, *options)
+    lower = _unpad(lower, max(ranks[0], ranks[3]), common)
+    if in_dims[0] is None and in_dims[3] is None:  # the left-hand side is not mapped
+        return (u, lower.squeeze(0)), (0, None)
+    return (u, lower), (0, 0)
+
+
+@smnn_solve_factored_op.register_vmap
+def _(info, in_dims, coefficients, rhs, init, steps, lower, *options):
+    tensors, _, _ = _batch_first(info.batch_size, in_dims[:5],
+                                 (coefficients, rhs, init, steps, lower), expand=False)
+    return smnn_solve_factored_op(*tensors, *options), 0
+
+
+@smnn_solve_backward_op.register_vmap
+def _(info, in_dims, coefficients, rhs, init, steps, lower, u, ubar, *options):
+    # Every gradient is wanted per mapped element (even that of an unmapped input, as in
+    # vmap over cotangents), so every argument is broadcast to the mapped size first; the
+    # core would otherwise sum over a mapped axis of length 1.
+    tensors, ranks, common = _batch_first(info.batch_size, in_dims[:7],
+                                          (coefficients, rhs, init, steps, lower, u, ubar),
+                                          expand=True)
+    grads = smnn_solve_backward_op(*tensors, *options)
+    return tuple(_unpad(g, rank, common) for g, rank in zip(grads, ranks)), (0, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- torch.func
+# torch.func.grad / vjp / jacrev need an autograd.Function with a setup_context method; the
+# autograd formula that register_autograd attaches to a custom op is not one (PyTorch
+# issue 168393). These Functions call the same operators and backward operator;
+# generate_vmap_rule lets vmap see through them to the operators' batching rules above.
+
+def _below_autograd():
+    # The Function is the autograd formula here: with grad mode off the operators skip
+    # their own formula (registered above for direct calls), whose generated
+    # autograd.Function refuses to run under torch.func transforms.
+    return torch.no_grad()
+
+
+class SMNNSolve(torch.autograd.Function):
+    """``(u, lower)`` of :func:`smnn_solve_op`, differentiable under autograd and torch.func."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(coefficients, rhs, init, steps, *options):
+        with _below_autograd():
+            return smnn_solve_op(coefficients, rhs, init, steps, *options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_solve(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, ubar, lower_bar):
+        with _below_autograd():  # first derivatives only, as for the operator
+            return _backward_solve(ctx, ubar, lower_bar)
+
+
+class SMNNSolveFactored(torch.autograd.Function):
+    """:func:`smnn_solve_factored_op`, differentiable in rhs and init under torch.func."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(coefficients, rhs, init, steps, lower, *options):
+        with _below_autograd():
+            return smnn_solve_factored_op(coefficients, rhs, init, steps, lower, *options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_factored(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, ubar):
+        with _below_autograd():
+            return _backward_factored(ctx, ubar)

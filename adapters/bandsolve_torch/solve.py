@@ -49,7 +49,10 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
     Returns ``u`` ``(..., T, D, O)`` with the inputs' (promoted) dtype on their device.
     Leading batch axes broadcast; gradients are summed back to each input's shape. CPU
     tensors are solved by the NumPy core without copies, CUDA tensors by the GPU backend
-    on PyTorch's current stream. First derivatives only (no double backward). Raises the
+    on PyTorch's current stream. Works under ``torch.compile(fullgraph=True)`` and the
+    ``torch.func`` transforms ``vmap`` (a mapped axis becomes one more batch axis of a
+    single core call), ``grad``, ``vjp`` and ``jacrev``, in any nesting. First derivatives
+    only (no double backward, no forward mode). Raises the
     core's ``ValueError``/``TypeError`` for bad input and ``bandsolve.FactorizationError``
     when the normal matrix is not positive definite. CUDA tensors follow the GPU
     backend's contract instead: shapes and dtypes are checked, values are not (that would
@@ -60,7 +63,7 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
     """
     tensors = _same_dtype_and_device(coefficients=coefficients, rhs=rhs, init=init,
                                      steps=steps)
-    u, _ = _ops.smnn_solve_op(*tensors, *_options(
+    u, _ = _ops.SMNNSolve.apply(*tensors, *_options(
         n_steps, weight_equation, weight_init, weight_smooth, central_smoothness))
     return u
 
@@ -144,5 +147,5 @@ class FrozenLHS:
             # init_shape would silently use the wrong factor.
             raise ValueError(f"init must have shape (..., {Ti}, D, {Oi}) (the init_shape this "
                              f"FrozenLHS was built for); got {tuple(init.shape)}")
-        return _ops.smnn_solve_factored_op(self.coefficients, rhs, init, self.steps,
-                                           self.lower, *self.options)
+        return _ops.SMNNSolveFactored.apply(self.coefficients, rhs, init, self.steps,
+                                            self.lower, *self.options)
