@@ -116,7 +116,7 @@ def _on_device(**arrays):
 
 def _gpu():
     """The CUDA backend (imported on first use: it imports ``numba.cuda``)."""
-    from .gpu import smnn as gpu_smnn
+    from .gpu import driver as gpu_smnn
 
     return gpu_smnn
 
