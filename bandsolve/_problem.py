@@ -76,6 +76,15 @@ class Problem:
         """``(Ti, Oi)``, ``(0, 0)`` when there are no initial values."""
         return (self.n_init_steps, self.n_init_orders)
 
+    def kernel_scalars(self):
+        """The scalar arguments of the assembly and factorisation kernels, on both
+        backends: ``(O, Ti, Oi, we^2, wi^2, ws^2, central)``, the squared weights in the
+        data's dtype so that float32 kernels stay in float32."""
+        we, wi, ws = self.weights
+        scalar = self.dtype.type
+        return (self.n_orders, self.n_init_steps, self.n_init_orders,
+                scalar(we * we), scalar(wi * wi), scalar(ws * ws), self.central)
+
     def with_rhs(self, rhs, init):
         """This left-hand side with the right-hand-side inputs of a solve of its
         factorisation: ``rhs`` and ``init`` must match its ``(T, E, D, O)``, its

@@ -12,8 +12,8 @@ from . import _backend
 from .cpu import driver as host
 from .cpu.driver import SMNNFactorization
 
-__all__ = ["SMNNFactorization", "smnn_factor", "smnn_factor_solve", "smnn_normal_equations",
-           "smnn_solve", "smnn_solve_vjp"]
+__all__ = ["SMNNFactorization", "smnn_factor", "smnn_normal_equations", "smnn_solve",
+           "smnn_solve_vjp"]
 
 
 def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equation=1.0,
@@ -123,31 +123,6 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
                                 weight_smooth=weight_smooth,
                                 central_smoothness=central_smoothness)
     return u, backward
-
-
-def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
-                      weight_init=1.0, weight_smooth=1.0, central_smoothness=False,
-                      stream=None, check=False, algorithm="auto"):
-    """:func:`smnn_solve` that also returns the :class:`SMNNFactorization` it built.
-
-    Returns ``(u, factorization)``: ``factorization.lower`` is the factor to keep as an
-    array, and ``factorization.backward(rhs, init, u, ubar)`` the gradients later, with no
-    refactorisation. For frameworks that carry residuals as arrays (the PyTorch and JAX
-    adapters); on the host it takes the same fused factor-and-solve pass as
-    :func:`smnn_solve`. Arguments as for :func:`smnn_solve`.
-    """
-    if _backend.on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
-        return _backend.gpu_driver().factor_solve(
-            coefficients, rhs, init, steps, n_steps=n_steps, weight_equation=weight_equation,
-            weight_init=weight_init, weight_smooth=weight_smooth,
-            central_smoothness=central_smoothness, stream=stream, check=check,
-            algorithm=algorithm)
-    _backend.host_options(stream, algorithm)
-    u, factorization, _ = host.solve(coefficients, rhs, init, steps, n_steps=n_steps,
-                                     weight_equation=weight_equation, weight_init=weight_init,
-                                     weight_smooth=weight_smooth,
-                                     central_smoothness=central_smoothness)
-    return u, factorization
 
 
 def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,

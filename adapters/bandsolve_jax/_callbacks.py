@@ -37,6 +37,7 @@ import numpy as np
 from jax import ShapeDtypeStruct
 
 import bandsolve
+from bandsolve import _adapters
 
 try:
     from jax.experimental.buffer_callback import buffer_callback
@@ -72,12 +73,12 @@ def _run_solve(static, coefficients, rhs, init, steps):
 
 
 def _run_forward(static, coefficients, rhs, init, steps):
-    u, factor = bandsolve.smnn_factor_solve(coefficients, rhs, init, steps, **static.keywords)
+    u, factor = _adapters.smnn_factor_solve(coefficients, rhs, init, steps, **static.keywords)
     return u, factor.lower
 
 
 def _run_backward(static, coefficients, rhs, init, steps, u, lower, ubar):
-    factor = bandsolve.SMNNFactorization.from_lower(
+    factor = _adapters.from_lower(
         lower, coefficients, steps, init_shape=static.init_shape, **static.keywords)
     return factor.backward(rhs, init, u, ubar)
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import bandsolve
+from bandsolve import _adapters
 
 
 # --------------------------------------------------------------------------- array moves
@@ -83,7 +83,7 @@ def _factor_options(coefficients, rhs, init, steps, n_steps, we, wi, ws, central
 
 
 def _rebuilt(c, r, g, s, lower, n_steps, we, wi, ws, central):
-    return bandsolve.SMNNFactorization.from_lower(
+    return _adapters.from_lower(
         lower, c, s, **_factor_options(c, r, g, s, n_steps, we, wi, ws, central))
 
 
@@ -96,7 +96,7 @@ def smnn_solve_op(coefficients: Tensor, rhs: Tensor, init: Tensor, steps: Tensor
     device = coefficients.device
     c, r, g, s = map(_to_core, (coefficients, rhs, init, steps))
     with _current_stream(device):
-        u, factorization = bandsolve.smnn_factor_solve(
+        u, factorization = _adapters.smnn_factor_solve(
             c, r, g, s, n_steps=n_steps, weight_equation=weight_equation,
             weight_init=weight_init, weight_smooth=weight_smooth,
             central_smoothness=central_smoothness)

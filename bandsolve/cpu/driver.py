@@ -69,11 +69,7 @@ class _LeftHandSide:
         return 2 if self.central else 1
 
     def kernel_scalars(self):
-        we, wi, ws = self.weights
-        # weights in the data's dtype, so float32 kernels stay in float32
-        scalar = self.dtype.type
-        return (self.n_orders, self.n_init_steps, self.n_init_orders,
-                scalar(we * we), scalar(wi * wi), scalar(ws * ws), self.central)
+        return self.problem.kernel_scalars()
 
     def flat_rhs(self, rhs, init, batch):
         """Right-hand-side inputs flattened for the kernels, with their index maps over

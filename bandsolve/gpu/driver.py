@@ -110,9 +110,7 @@ class _DeviceLHS:
         return 2 if self.central else 1
 
     def kernel_scalars(self):
-        we, wi, ws = self.weights
-        return (self.n_orders, self.n_init_steps, self.n_init_orders,
-                we * we, wi * wi, ws * ws, self.central)
+        return self.problem.kernel_scalars()
 
     def lhs_maps(self):
         shape, strides = batch_maps(self.batch_shape, coefficients=self.coefficients_batch,
