@@ -73,7 +73,7 @@ def _run_solve(static, coefficients, rhs, init, steps):
 
 
 def _run_forward(static, coefficients, rhs, init, steps):
-    u, factor = _adapters.smnn_factor_solve(coefficients, rhs, init, steps, **static.keywords)
+    u, factor = bandsolve.smnn_factor_solve(coefficients, rhs, init, steps, **static.keywords)
     return u, factor.lower
 
 

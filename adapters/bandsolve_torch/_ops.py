@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+import bandsolve
 from bandsolve import _adapters
 
 
@@ -96,7 +97,7 @@ def smnn_solve_op(coefficients: Tensor, rhs: Tensor, init: Tensor, steps: Tensor
     device = coefficients.device
     c, r, g, s = map(_to_core, (coefficients, rhs, init, steps))
     with _current_stream(device):
-        u, factorization = _adapters.smnn_factor_solve(
+        u, factorization = bandsolve.smnn_factor_solve(
             c, r, g, s, n_steps=n_steps, weight_equation=weight_equation,
             weight_init=weight_init, weight_smooth=weight_smooth,
             central_smoothness=central_smoothness)
