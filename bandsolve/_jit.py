@@ -1,4 +1,4 @@
-"""Numba compilation policy in one place (STYLE habit: tunables in one module).
+"""Numba compilation policy, in one place (all its tunables live in this module).
 
 No ``fastmath``: it would let LLVM assume that NaN and Inf never occur, and the factorisation
 relies on NaN failing the ``pivot > 0`` test. ``cache=True`` keeps import and first call fast

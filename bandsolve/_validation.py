@@ -1,4 +1,4 @@
-"""Input checks and batch broadcasting at the public boundary (DESIGN section 4).
+"""Input checks and batch broadcasting at the public boundary (``docs/design.md``, section 4).
 
 Everything here runs before any kernel: structural misuse is a ``ValueError`` naming the
 argument, the expected and the received shape or value; a wrong dtype is a ``TypeError``

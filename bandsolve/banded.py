@@ -31,7 +31,7 @@ from ._validation import (
     check_rank,
     flat_batch_index,
 )
-from .cpu.factor import factor_kernel, solve_kernel
+from .cpu.banded import factor_kernel, solve_kernel
 from .errors import raise_if_failed
 
 

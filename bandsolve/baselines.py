@@ -34,9 +34,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from . import _validation as v
+from . import _problem
 from .errors import FactorizationError
-from .smnn import _validate
 
 
 def mnn_dense_rows(coefficients, rhs, init, steps):
@@ -125,11 +124,14 @@ def mnn_dense_solve(coefficients, rhs, init, steps, *, n_steps=None, return_slac
     also the slack ``(...)``. Raises ``FactorizationError`` (a ``LinAlgError``) if a normal
     matrix is not positive definite, ``ValueError``/``TypeError`` for bad input.
     """
-    coefficients, rhs, init, steps, T, _ = _validate(
-        coefficients, rhs, init, steps, n_steps, 1.0, 1.0, 1.0, True)
-    dtype = coefficients.dtype
-    batch = v.broadcast_batch(coefficients=coefficients.shape[:-4], rhs=rhs.shape[:-2],
-                              init=init.shape[:-3], steps=steps.shape[:-1])
+    arrays = _problem.host_inputs(rhs=rhs, coefficients=coefficients, steps=steps, init=init)
+    problem = _problem.describe(**arrays, n_steps=n_steps, weight_equation=1.0,
+                                weight_init=1.0, weight_smooth=1.0, central_smoothness=True)
+    _problem.check_values(coefficients=arrays["coefficients"], steps=arrays["steps"],
+                          rhs=arrays["rhs"], init=arrays["init"])
+    coefficients, rhs, init, steps = (arrays[name].astype(problem.dtype, copy=False)
+                                      for name in ("coefficients", "rhs", "init", "steps"))
+    T, dtype, batch = problem.n_steps, problem.dtype, problem.batch
     E, D, O = coefficients.shape[-3:]
     c = np.broadcast_to(coefficients, batch + (T, E, D, O)).astype(np.float64)
     r = np.broadcast_to(rhs, batch + (T, E)).astype(np.float64)

@@ -83,7 +83,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 import bandsolve
 from bandsolve import _validation as v
-from bandsolve.smnn import _validate
+from bandsolve import _problem
 
 __all__ = ["smnn_solve", "smnn_solve_vjp"]
 
@@ -161,13 +161,14 @@ class _Plan:
             _check_known_shape(name, array)
         # host (NumPy) or device (CuPy) chunks, never both
         v.backend_of(**{name: a._meta for name, a in arrays.items()})
-        # The core's structural checks on the Dask arrays themselves: device=True reads
-        # only shapes and dtypes (values are checked by the core inside each task).
-        _, _, _, _, T, weights = _validate(
-            *arrays.values(), n_steps, weight_equation, weight_init, weight_smooth,
-            central_smoothness, device=True)
-        self.dtype = v.check_dtype("inputs",
-                                   np.result_type(*(a.dtype for a in arrays.values())))
+        # The core's structural checks read only shapes and dtypes (values are checked
+        # by the core inside each task).
+        problem = _problem.describe(
+            *arrays.values(), n_steps=n_steps, weight_equation=weight_equation,
+            weight_init=weight_init, weight_smooth=weight_smooth,
+            central_smoothness=central_smoothness)
+        T, weights = problem.n_steps, problem.weights
+        self.dtype = problem.dtype
         self.arrays = _single_core_chunks(arrays, rechunk)
         self.rechunk = rechunk
         self.batch = v.broadcast_batch(**{

@@ -2,7 +2,7 @@
 
 Per batch element the unknowns are ``u[t, d, o]`` (``t < T``, ``d < D``, ``o < O``) and
 ``x_t = vec(u[t])`` with index ``d*O + o`` (block size ``n = D*O``). The rows are those of
-DESIGN.md section 1:
+``docs/design.md``, section 1:
 
 =================  ===========================================================================
 equation t, e      ``we * (sum_{d,o} c[t,e,d,o] u[t,d,o] - r[t,e])``
@@ -17,11 +17,10 @@ with ``h = h[t]``, ``s = h[t] + h[t+1]``, ``K = {0..O-1}`` (``{0..O-2}`` with ce
 The smoothness rows act on one state dimension ``d`` at a time and are the same for every
 ``d``, so they are written here per ``d`` as short vectors over the ``O`` orders of two (or
 three) consecutive steps. The functions are plain Python that Numba compiles for the CPU
-and CUDA kernels alike; ``dense_rows`` builds the whole matrix with NumPy and serves as the
-slow, obviously correct reference.
+and CUDA kernels alike (the tests' dense reference, ``tests/helpers.py``, is written
+independently).
 """
 
-import numpy as np
 
 from ._jit import jit_helper
 
@@ -76,50 +75,3 @@ def central_weights(s, n_orders):
     dbeta = (p + 1) * s**p
     return alpha, beta, dalpha, dbeta
 
-
-def dense_rows(coefficients, rhs, init, steps, *, weight_equation=1.0, weight_init=1.0,
-               weight_smooth=1.0, central_smoothness=False):
-    """All residual rows of one system as a dense ``(A, beta)``; the slow reference.
-
-    coefficients ``(T, E, D, O)``, rhs ``(T, E)``, init ``(Ti, D, Oi)``, steps ``(T-1,)``
-    (already broadcast along time). Returns ``A`` ``(rows, T*D*O)`` and ``beta`` ``(rows,)``
-    in float64. O(T^2) memory: for tests and small baselines only.
-    """
-    T, E, D, O = coefficients.shape
-    Ti, _, Oi = init.shape
-    n = D * O
-    col = lambda t, d, o: t * n + d * O + o  # noqa: E731
-    A_rows, b_rows = [], []
-
-    def add(entries, value=0.0):
-        row = np.zeros(T * n)
-        for index, coef in entries:
-            row[index] += coef
-        A_rows.append(row)
-        b_rows.append(value)
-
-    for t in range(T):
-        for e in range(E):
-            add([(col(t, d, o), weight_equation * coefficients[t, e, d, o])
-                 for d in range(D) for o in range(O)], weight_equation * rhs[t, e])
-    for t in range(Ti):
-        for d in range(D):
-            for o in range(Oi):
-                add([(col(t, d, o), weight_init)], weight_init * init[t, d, o])
-    n_k = O - 1 if central_smoothness else O
-    rows = np.empty((2 * n_k, 2 * O))
-    drows = np.empty_like(rows)
-    for t in range(T - 1):
-        taylor_rows(float(steps[t]), O, n_k, rows, drows)
-        for d in range(D):
-            for row in rows:
-                add([(col(t, d, o), weight_smooth * row[o]) for o in range(O)]
-                    + [(col(t + 1, d, o), weight_smooth * row[O + o]) for o in range(O)])
-    if central_smoothness:
-        for t in range(T - 2):
-            alpha, beta, _, _ = central_weights(float(steps[t] + steps[t + 1]), O)
-            for d in range(D):
-                add([(col(t, d, O - 2), weight_smooth * alpha),
-                     (col(t + 1, d, O - 1), weight_smooth * beta),
-                     (col(t + 2, d, O - 2), -weight_smooth * alpha)])
-    return np.array(A_rows).reshape(-1, T * n), np.array(b_rows)

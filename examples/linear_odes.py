@@ -8,7 +8,7 @@ solved by ``bandsolve.smnn_solve`` from their initial values only: step 0.01, 10
 prints the maximum error of ``u``, ``u'`` and ``u''`` against the closed-form solution and
 against ``scipy.integrate.solve_ivp`` (DOP853, rtol 1e-10), and the error of ``u`` against
 the step size with the observed order of convergence (the S-MNN discretisation is second
-order). See ``bandsolve/demo.py`` for how each ODE is written in 3 orders.
+order). See ``bandsolve/apps/demo.py`` for how each ODE is written in 3 orders.
 
     python examples/linear_odes.py [--quick] [--json PATH] [--plot PATH]
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from _common import parse_args, progress, pyplot, save_figure, write_json
 
-from bandsolve.demo import (
+from bandsolve.apps.demo import (
     convergence,
     convergence_text,
     linear_systems,

@@ -24,7 +24,7 @@ call the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), so "peak m
 the increase of the resident set during one forward+backward (Linux; large allocations
 are kept mmapped so that freed memory returns to the system), or the peak traced by
 ``tracemalloc`` (NumPy allocations) if that is larger: both are lower bounds. Time is
-the best of several repeats (``bandsolve.bench.best_time``, at least 5 and up to 0.5-3 s
+the best of several repeats (``bandsolve.apps.bench.best_time``, at least 5 and up to 0.5-3 s
 of runs) after an untimed warm-up call of the same size (JIT compilation excluded); a
 dense run longer than 1 s is timed once. Both methods run on ``--threads`` threads
 (default 1, for Numba, torch and the BLAS alike: on a shared machine, threads waiting
@@ -115,7 +115,7 @@ def _child(method, lengths, batch, budget, repeat):
 
     import torch
 
-    from bandsolve.bench import (_current_rss, _peak_rss_since_reset, _reset_peak_rss,
+    from bandsolve.apps.bench import (_current_rss, _peak_rss_since_reset, _reset_peak_rss,
                                  best_time)
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -28,7 +28,7 @@ import pytest
 import scipy.integrate
 
 import bandsolve
-from bandsolve import bench
+from bandsolve.apps import bench
 from bandsolve.problems import coupled_oscillators
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,8 +55,8 @@ def _asv_config(tmp_path):
 
 
 def _benchmark_module(name):
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     return importlib.import_module(f"asv_benchmarks.{name}")
 
 

@@ -11,7 +11,7 @@ checked against the issue's bounds:
 * ``sine_fit.py``: the final loss well below (under half) the noise energy;
 * ``bandsolve demo --quick`` / ``python -m bandsolve demo``: the same validation bounds,
   the three solvers agreeing in the speed table; ``bandsolve bench`` hands its
-  arguments to ``bandsolve.bench.main`` or says clearly that it is missing.
+  arguments to ``bandsolve.apps.bench.main`` or says clearly that it is missing.
 
 About 30-60 s in total on 2 cores (most of it process start-up, Numba cache loading and
 the 500 Adam iterations of the sine fit).
@@ -25,7 +25,7 @@ import types
 import numpy as np
 import pytest
 
-from bandsolve import cli
+from bandsolve.apps import cli
 from helpers import run_example
 
 
@@ -110,7 +110,7 @@ def test_bench_missing_is_a_clear_message(monkeypatch, capsys):
 
     monkeypatch.setattr(cli.importlib, "import_module", missing)
     assert cli.main(["bench", "--quick"]) == 2
-    assert "bandsolve.bench is not available" in capsys.readouterr().err
+    assert "bandsolve.apps.bench is not available" in capsys.readouterr().err
 
 
 def test_bench_receives_its_arguments(monkeypatch):

@@ -8,7 +8,7 @@
 #    under the simulator; tests/gpu_hw_cases.py: CuPy in/out, streams, no host transfer;
 #    tests/gpu_adapter_cases.py: PyTorch CUDA tensors and JAX GPU arrays through the
 #    adapters),
-# 2. the benchmarks (tools/gpu_bench.py): forward and forward+backward at the four issue
+# 2. the benchmarks (benchmarks/gpu_bench.py): forward and forward+backward at the four issue
 #    shapes against the CPU backend, a dense cupy.linalg solve and a PyTorch loop.
 # Writes into OUTDIR: tests.log, tests.junit.xml, bench.log, gpu_bench.json, gpu_bench.md,
 # nvidia-smi.txt and summary.md. Sections are time-capped (about 9 minutes in all) and a
@@ -48,7 +48,7 @@ test_seconds=$(( $(date +%s) - start ))
 [ "$test_status" -eq 124 ] && echo "TIMED OUT after ${TEST_SECONDS}s" >> "$OUT/tests.log"
 
 start=$(date +%s)
-timeout --kill-after=10 $(( BENCH_SECONDS + 30 )) "$PY" tools/gpu_bench.py "$OUT" \
+timeout --kill-after=10 $(( BENCH_SECONDS + 30 )) "$PY" benchmarks/gpu_bench.py "$OUT" \
     --budget "$BENCH_SECONDS" > "$OUT/bench.log" 2>&1
 bench_status=$?
 bench_seconds=$(( $(date +%s) - start ))

@@ -38,6 +38,7 @@ import numpy as np
 from jax import ShapeDtypeStruct
 
 import bandsolve
+from bandsolve import _adapters
 from bandsolve.tangent import smnn_jvp
 
 try:
@@ -79,13 +80,13 @@ def _run_forward(static, coefficients, rhs, init, steps):
 
 
 def _run_tangent(static, coefficients, rhs, init, steps, u, lower, *tangents):
-    factor = bandsolve.SMNNFactorization.from_lower(
+    factor = _adapters.from_lower(
         lower, coefficients, steps, init_shape=static.init_shape, **static.keywords)
     return (smnn_jvp(factor, coefficients, rhs, init, steps, u, tangents),)
 
 
 def _run_backward(static, coefficients, rhs, init, steps, u, lower, ubar):
-    factor = bandsolve.SMNNFactorization.from_lower(
+    factor = _adapters.from_lower(
         lower, coefficients, steps, init_shape=static.init_shape, **static.keywords)
     return factor.backward(rhs, init, u, ubar)
 

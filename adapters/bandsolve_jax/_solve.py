@@ -9,7 +9,7 @@ import numpy as np
 from jax.interpreters import ad, batching, mlir
 
 from bandsolve import _validation
-from bandsolve import smnn as _core
+from bandsolve import _problem
 
 from . import _callbacks
 from ._callbacks import Static
@@ -83,28 +83,24 @@ def _check_shapes(arrays, n_steps, weight_equation, weight_init, weight_smooth,
                   central_smoothness):
     """All structural checks of the core, on shapes only; returns the :class:`Static`.
 
-    The core's own checks run on host stand-ins that carry each input's per-system shape
-    (batch axes dropped, values 1), so the errors and their messages are the core's.
+    The core's own checks (:func:`bandsolve._problem.describe`) read only the arrays'
+    shapes and dtypes, so they run on the JAX arrays (or tracers) themselves and the
+    errors and their messages are the core's.
     """
     for name, array in zip(_NAMES, arrays):
-        _validation.check_rank(name, array, _CORE_NDIM[name], _core._LAYOUTS[name])
+        _validation.check_rank(name, array, _CORE_NDIM[name], _problem.LAYOUTS[name])
     weights = (weight_equation, weight_init, weight_smooth)
     for name, weight in zip(("weight_equation", "weight_init", "weight_smooth"), weights):
         if isinstance(weight, jax.core.Tracer):
             raise TypeError(f"{name} must be a Python number, not a traced JAX value: the "
                             f"weights are static (pass them outside jit's traced arguments)")
-    stand_ins = [np.ones(a.shape[a.ndim - _CORE_NDIM[name]:])
-                 for name, a in zip(_NAMES, arrays)]
-    c, r, g, h = stand_ins
-    _, _, T, weights = _core._check_lhs(c, h, n_steps, *weights, bool(central_smoothness),
-                                        rhs=r)
-    _core._check_rhs(c.shape, r, g, T)
-    _validation.broadcast_batch(**{name: a.shape[:a.ndim - _CORE_NDIM[name]]
-                                   for name, a in zip(_NAMES, arrays)})
-    Ti, _, Oi = g.shape
-    return Static(n_steps=T, init_shape=(Ti, Oi) if Ti * Oi else (0, 0),
-                  weight_equation=weights[0], weight_init=weights[1],
-                  weight_smooth=weights[2], central_smoothness=bool(central_smoothness))
+    problem = _problem.describe(
+        *arrays, n_steps=n_steps, weight_equation=weight_equation, weight_init=weight_init,
+        weight_smooth=weight_smooth, central_smoothness=bool(central_smoothness))
+    we, wi, ws = problem.weights
+    return Static(n_steps=problem.n_steps, init_shape=problem.init_shape,
+                  weight_equation=we, weight_init=wi, weight_smooth=ws,
+                  central_smoothness=problem.central)
 
 
 def _equal_batch_rank(arrays):

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 import bandsolve
+from bandsolve import _adapters
 
 
 # --------------------------------------------------------------------------- array moves
@@ -88,7 +89,7 @@ def _factor_options(coefficients, rhs, init, steps, n_steps, we, wi, ws, central
 
 
 def _rebuilt(c, r, g, s, lower, n_steps, we, wi, ws, central):
-    return bandsolve.SMNNFactorization.from_lower(
+    return _adapters.from_lower(
         lower, c, s, **_factor_options(c, r, g, s, n_steps, we, wi, ws, central))
 
 

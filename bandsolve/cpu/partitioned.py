@@ -37,7 +37,7 @@ import numba
 import numpy as np
 
 from .._jit import jit_helper, jit_kernel
-from .factor import backward_substitute, factor_block_row, forward_substitute
+from ..kernels.banded import backward_substitute, factor_block_row, forward_substitute
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -19,7 +19,7 @@ Modules: ``thread`` (one thread per system), ``block`` (a thread block per syste
 """
 
 from . import config
-from .smnn import DeviceSMNNFactorization, Status
+from .driver import DeviceSMNNFactorization, Status
 
 
 def check_finite(name, array, *, stream=None):

@@ -5,7 +5,6 @@ Nothing in this module synchronises the device or copies data between host and d
 """
 
 import contextlib
-import math
 import sys
 import types
 
@@ -30,7 +29,7 @@ def device_function(helper):
     ``helper`` is a ``jit_helper`` (its ``.py_func`` is the plain source) or a plain
     function. The helpers it calls by global name (``jit_helper``s and plain functions of
     this package) are translated the same way, so the whole call tree is compiled from one
-    source for both targets (STYLE habit 4).
+    source for both targets.
     """
     func = getattr(helper, "py_func", helper)
     compiled = _device_functions.get(func)
@@ -104,17 +103,6 @@ def numba_view(name, value, device=None):
 def shape_of(array):
     """``array.shape`` as a plain tuple of ints (the simulator's shapes are not tuples)."""
     return tuple(int(s) for s in array.shape)
-
-
-class ArrayMeta:
-    """Shape and dtype of a device array: what the host-side checks may look at. Handing
-    these, not the arrays, to the shared validation keeps it from touching device memory."""
-
-    def __init__(self, array):
-        self.shape = shape_of(array)
-        self.dtype = np.dtype(array.dtype)
-        self.ndim = len(self.shape)
-        self.size = math.prod(self.shape)
 
 
 def array_kind(*values):
@@ -299,7 +287,3 @@ def reduce_map(full_shape, target_shape):
     pad = rank - len(extents)
     return ((1,) * pad + tuple(extents), (0,) * pad + tuple(strides),
             (0,) * pad + tuple(int(m[0]) for m in merged))
-
-
-def flat_rows(shape):
-    return math.prod(int(s) for s in shape)

@@ -1,6 +1,6 @@
 """One cooperating thread block per system: the kernel shape for larger blocks.
 
-The recurrences are those of ``cpu/factor.py``; within a block row, thread ``k`` of the
+The recurrences are those of ``kernels/banded.py``; within a block row, thread ``k`` of the
 block owns the rows ``i = k, k + nthreads, ...`` of every ``n x n`` block. Row ``i`` of an
 off-diagonal block of ``L`` depends only on row ``i`` of the same block row and on earlier
 block rows, so those updates need no barrier; the diagonal update and the Cholesky of the
@@ -17,7 +17,7 @@ import math
 import numba
 from numba import cuda
 
-from ..cpu.blocks import solve_lower, solve_lower_transpose
+from ..kernels.blocks import solve_lower, solve_lower_transpose
 from ..cpu.smnn import _time_index, add_smoothness_block_row
 from . import config
 from ._runtime import device_function
@@ -53,7 +53,7 @@ def equation_row(coefficients, t, i, n_orders, n_init_steps, n_init_orders, we2,
 
 
 def offdiagonal_row(lower, t, i):
-    """Row ``i`` of ``L[t, t-j]``, ``j = reach..1`` (``cpu/factor.py::factor_block_row``
+    """Row ``i`` of ``L[t, t-j]``, ``j = reach..1`` (``kernels/banded.py::factor_block_row``
     restricted to one row: ``subtract_product_nt`` then ``right_solve_lower_transpose``)."""
     p = lower.shape[1] - 1
     n = lower.shape[2]
@@ -100,7 +100,7 @@ def cholesky_cooperative(a, tid, n_threads):
     """Right-looking Cholesky of the lower triangle of ``a`` ``(n, n)`` by the whole
     block; returns 0 or ``j + 1`` for a pivot that is not positive and finite (the same
     value in every thread). The strict upper triangle is zeroed, as in
-    ``cpu/blocks.py::cholesky_in_place``."""
+    ``kernels/blocks.py::cholesky_in_place``."""
     n = a.shape[0]
     for j in range(n):
         pivot = a[j, j]

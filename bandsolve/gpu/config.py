@@ -59,4 +59,10 @@ def choose_algorithm(block_size, n_steps, n_systems, bandwidth):
         m = chunk_length(n_steps, n_systems, bandwidth)
         if n_steps >= 2 * m + bandwidth:  # at least two interiors
             return "partitioned"
+    return choose_cholesky_algorithm(block_size)
+
+
+def choose_cholesky_algorithm(block_size):
+    """The block Cholesky kernel shape for block size ``n``: ``"thread"`` (one thread per
+    system) up to ``THREAD_MAX_BLOCK_SIZE``, else ``"block"`` (a thread block per system)."""
     return "thread" if block_size <= THREAD_MAX_BLOCK_SIZE else "block"

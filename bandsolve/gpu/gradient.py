@@ -4,7 +4,7 @@ Both are independent across time steps, so they use the whole GPU whatever the b
 gradient pieces are written per step into arrays of the full batch and full length
 ``(B, T, ...)``; ``arrays.reduce_to`` then sums them over broadcast axes (batch and time).
 The rows are those of ``bandsolve.formulation``; the row form of the gradient is the one of
-``cpu/smnn.py::gradient_kernel`` (DESIGN section 1):
+``cpu/smnn.py::gradient_kernel`` (``docs/design.md``, section 1):
 ``dL/dtheta = -y^T dA^T res - (A y)^T dA x + (A y)^T dbeta``.
 """
 

@@ -1,4 +1,4 @@
-"""S-MNN solve, factorisation and VJP on the device (DESIGN section 2).
+"""The device (CUDA) driver of the S-MNN solve: factor, solve, backward.
 
 Reached through ``bandsolve.smnn_solve`` / ``smnn_solve_vjp`` / ``smnn_factor`` /
 ``SMNNFactorization.from_lower`` when the inputs are device arrays (CuPy, anything with
@@ -23,12 +23,12 @@ import math
 
 import numpy as np
 
+from .. import _problem
 from .. import _validation as v
-from .. import smnn as core
 from ..cpu.partitioned import n_chunks_for
 from ..errors import raise_if_failed
 from . import arrays, block, config, gradient, partitioned, thread
-from ._runtime import ArrayMeta, Device, batch_maps, numba_view, shape_of
+from ._runtime import Device, batch_maps, numba_view, shape_of
 
 _WHAT = "S-MNN normal matrix"
 _NAMES = ("coefficients", "rhs", "init", "steps")
@@ -79,23 +79,23 @@ class _DeviceLHS:
     """Validated left-hand-side inputs as flat device views (no copies, no broadcasting:
     index maps reach each system's row)."""
 
-    def __init__(self, device, coefficients, steps, n_steps, init_shape, weights, central):
-        self.coefficients_shape = shape_of(coefficients)
-        self.steps_shape = shape_of(steps)
-        self.n_steps = n_steps
+    def __init__(self, device, problem, coefficients, steps):
+        self.problem = problem
+        self.coefficients_shape = problem.coefficients_shape
+        self.steps_shape = problem.steps_shape
+        self.n_steps = problem.n_steps
         Tc, self.n_equations, self.n_dims, self.n_orders = self.coefficients_shape[-4:]
         if self.n_orders > config.MAX_ORDERS:
             raise ValueError(
                 f"the device path supports O <= {config.MAX_ORDERS} derivative orders "
                 f"(bandsolve.gpu.config.MAX_ORDERS); coefficients have O={self.n_orders}")
-        self.block_size = self.n_dims * self.n_orders
-        self.n_init_steps, self.n_init_orders = init_shape
-        self.weights = weights
-        self.central = central
-        self.dtype = np.dtype(coefficients.dtype)
+        self.block_size = problem.block_size
+        self.n_init_steps, self.n_init_orders = problem.init_shape
+        self.weights = problem.weights
+        self.central = problem.central
+        self.dtype = problem.dtype
         self.coefficients_batch = self.coefficients_shape[:-4]
-        self.batch_shape = v.broadcast_batch(coefficients=self.coefficients_batch,
-                                             steps=self.steps_shape[:-1])
+        self.batch_shape = problem.lhs_batch
         self.coefficients = coefficients.reshape(
             (math.prod(self.coefficients_batch), Tc, self.n_equations, self.block_size))
         if steps.size:
@@ -110,9 +110,7 @@ class _DeviceLHS:
         return 2 if self.central else 1
 
     def kernel_scalars(self):
-        we, wi, ws = self.weights
-        return (self.n_orders, self.n_init_steps, self.n_init_orders,
-                we * we, wi * wi, ws * ws, self.central)
+        return self.problem.kernel_scalars()
 
     def lhs_maps(self):
         shape, strides = batch_maps(self.batch_shape, coefficients=self.coefficients_batch,
@@ -211,23 +209,7 @@ class DeviceSMNNFactorization:
         _require_device(rhs=rhs, init=init)
         rhs = numba_view("rhs", rhs, device)
         init = numba_view("init", init, device)
-        core._check_rhs(lhs.coefficients_shape, ArrayMeta(rhs), ArrayMeta(init), lhs.n_steps,
-                        device=True)
-        rhs_shape, init_shape = shape_of(rhs), shape_of(init)
-        given = (init_shape[-3], init_shape[-1])
-        if given[0] * given[1] == 0:
-            given = (0, 0)
-        if given != (lhs.n_init_steps, lhs.n_init_orders):
-            raise ValueError(
-                f"init must have Ti={lhs.n_init_steps}, Oi={lhs.n_init_orders} (the init_shape "
-                f"this factorisation was built for); got shape {init_shape}")
-        for name, array in (("rhs", rhs), ("init", init)):
-            if array.dtype != lhs.dtype:
-                raise TypeError(f"{name} has dtype {array.dtype}; this factorisation is "
-                                f"{lhs.dtype} (convert with .astype(numpy.{lhs.dtype}))")
-        batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=rhs_shape[:-2],
-                                  init=init_shape[:-3])
-        return rhs, init, batch
+        return rhs, init, lhs.problem.with_rhs(rhs, init).batch
 
     def solve(self, rhs, init, *, stream=None):
         """Solve for ``rhs`` ``(..., T or 1, E)`` and ``init`` ``(..., Ti, D, Oi)`` (device
@@ -445,19 +427,15 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     device = Device.for_inputs((coefficients, rhs, init, steps), stream)
     views = [numba_view(name, value, device) for name, value in
              zip(_NAMES, (coefficients, rhs, init, steps))]
-    metas = [ArrayMeta(view) for view in views]
-    _, _, _, _, T, weights = core._validate(*metas, n_steps, weight_equation, weight_init,
-                                            weight_smooth, central_smoothness, device=True)
-    dtype = core._common_dtype(*metas)
+    problem = _problem.describe(*views, n_steps=n_steps, weight_equation=weight_equation,
+                                weight_init=weight_init, weight_smooth=weight_smooth,
+                                central_smoothness=central_smoothness)
     c, r, g, h = views
     if check:
         _check_values(device, coefficients=c, rhs=r, init=g, steps=h)
-    c, r, g, h = (arrays.as_dtype(device, a, dtype) for a in views)
-    Ti, _, Oi = metas[2].shape[-3:]
-    init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
-    lhs = _DeviceLHS(device, c, h, T, init_shape, weights, central_smoothness)
-    batch = v.broadcast_batch(factor=lhs.batch_shape, rhs=metas[1].shape[:-2],
-                              init=metas[2].shape[:-3])
+    c, r, g, h = (arrays.as_dtype(device, a, problem.dtype) for a in views)
+    lhs = _DeviceLHS(device, problem, c, h)
+    batch = problem.batch
     factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs, math.prod(batch)))
     if check:
         factorization.check()
@@ -472,15 +450,14 @@ def factor(coefficients, steps, *, init_shape, n_steps, weight_equation, weight_
     device = Device.for_inputs((coefficients, steps), stream)
     c = numba_view("coefficients", coefficients, device)
     h = numba_view("steps", steps, device)
-    metas = ArrayMeta(c), ArrayMeta(h)
-    _, _, T, weights = core._check_lhs(*metas, n_steps, weight_equation, weight_init,
-                                       weight_smooth, central_smoothness, device=True)
-    dtype = core._common_dtype(*metas)
+    problem = _problem.describe_lhs(
+        c, h, init_shape=init_shape, n_steps=n_steps, weight_equation=weight_equation,
+        weight_init=weight_init, weight_smooth=weight_smooth,
+        central_smoothness=central_smoothness)
     if check:
         _check_values(device, coefficients=c, steps=h)
-    c, h = (arrays.as_dtype(device, a, dtype) for a in (c, h))
-    lhs = _DeviceLHS(device, c, h, T, core._check_init_shape(init_shape, metas[0], T),
-                     weights, central_smoothness)
+    c, h = (arrays.as_dtype(device, a, problem.dtype) for a in (c, h))
+    lhs = _DeviceLHS(device, problem, c, h)
     factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs,
                                                             math.prod(lhs.batch_shape)))
     if check:
@@ -496,13 +473,13 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
     lower = numba_view("lower", lower, device)
     c = numba_view("coefficients", coefficients, device)
     h = numba_view("steps", steps, device)
-    metas = ArrayMeta(c), ArrayMeta(h)
-    _, _, T, weights = core._check_lhs(*metas, n_steps, weight_equation, weight_init,
-                                       weight_smooth, central_smoothness, device=True)
-    dtype = core._common_dtype(*metas)
-    c, h = (arrays.as_dtype(device, a, dtype) for a in (c, h))
-    lhs = _DeviceLHS(device, c, h, T, core._check_init_shape(init_shape, metas[0], T),
-                     weights, central_smoothness)
+    problem = _problem.describe_lhs(
+        c, h, init_shape=init_shape, n_steps=n_steps, weight_equation=weight_equation,
+        weight_init=weight_init, weight_smooth=weight_smooth,
+        central_smoothness=central_smoothness)
+    c, h = (arrays.as_dtype(device, a, problem.dtype) for a in (c, h))
+    lhs = _DeviceLHS(device, problem, c, h)
+    T = problem.n_steps
     n_lhs = math.prod(lhs.batch_shape)
     p, n = lhs.bandwidth, lhs.block_size
     expected = lhs.batch_shape + (T, p + 1, n, n)
@@ -510,7 +487,7 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
         raise ValueError(f"lower must have shape {expected}; got {shape_of(lower)}")
     v.check_dtype("lower", lower.dtype)
     if algorithm == "auto":
-        algorithm = "thread" if n <= config.THREAD_MAX_BLOCK_SIZE else "block"
+        algorithm = config.choose_cholesky_algorithm(n)
     if algorithm not in ("thread", "block"):
         raise ValueError("from_lower rebuilds a block Cholesky factorisation: algorithm must "
                          f"be 'auto', 'thread' or 'block'; got {algorithm!r}")
@@ -527,3 +504,20 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
     info_user, info = arrays.zeros(device, (n_lhs,), np.int64)
     status = Status(info_user, info, lhs.batch_shape, device)
     return DeviceSMNNFactorization(lhs, algorithm, lower_user, storage, status, device)
+
+
+def factor_solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_init,
+                 weight_smooth, central_smoothness, stream, check, algorithm):
+    """Device ``smnn_factor_solve``: ``(u, factorization)``. The caller keeps
+    ``factorization.lower``, so ``"auto"`` picks a block Cholesky kernel, never the
+    parallel-in-time factorisation (which has no such factor)."""
+    T = _problem.infer_n_steps(n_steps, shape_of(coefficients), shape_of(rhs), shape_of(steps))
+    if algorithm == "auto":
+        algorithm = config.choose_cholesky_algorithm(
+            coefficients.shape[-2] * coefficients.shape[-1])
+    factorization = factor(
+        coefficients, steps, init_shape=(init.shape[-3], init.shape[-1]), n_steps=T,
+        weight_equation=weight_equation, weight_init=weight_init,
+        weight_smooth=weight_smooth, central_smoothness=central_smoothness,
+        stream=stream, check=check, algorithm=algorithm)
+    return factorization.solve(rhs, init), factorization

@@ -38,9 +38,9 @@ import numpy as np
 import scipy.linalg
 from scipy.integrate import solve_ivp
 
-from .banded import BlockBanded, block_cholesky
-from .baselines import mnn_dense_solve
-from .smnn import smnn_normal_equations, smnn_solve
+from ..banded import BlockBanded, block_cholesky
+from ..baselines import mnn_dense_solve
+from ..smnn import smnn_normal_equations, smnn_solve
 
 # --------------------------------------------------------------------------- the systems
 

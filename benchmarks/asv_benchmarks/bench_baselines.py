@@ -9,7 +9,7 @@ which asv re-runs before every timed call, hands them fresh copies.
 import numpy as np
 
 import bandsolve
-from bandsolve.bench import dense_solve, lapack_band, lapack_solve
+from bandsolve.apps.bench import dense_solve, lapack_band, lapack_solve
 from bandsolve.problems import coupled_oscillators
 
 from .common import (
@@ -53,7 +53,7 @@ class _Baseline:
 class Lapack(_Baseline):
     """``scipy.linalg.solveh_banded`` (``?pbtrf`` + ``?pbtrs``), narrowest band
     (``kd = n + 2`` without central smoothness, ``2 n`` with it; see
-    ``bandsolve.bench.lapack_band``)."""
+    ``bandsolve.apps.bench.lapack_band``)."""
 
     def setup(self, T, n, central, dtype):
         skip_if_too_big(1, T, n, central, dtype, copies_of_solution=3)

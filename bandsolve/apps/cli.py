@@ -4,8 +4,8 @@ Subcommands:
 
 - ``bandsolve demo [--quick] [--json PATH]``: the standalone validation on linear ODEs and
   a short speed comparison against LAPACK's banded solve and the MNN-dense baseline,
-  printed as tables (under a minute on a laptop CPU; see :mod:`bandsolve.demo`).
-- ``bandsolve bench [ARGS...]``: the benchmark suite, :func:`bandsolve.bench.main` called
+  printed as tables (under a minute on a laptop CPU; see :mod:`bandsolve.apps.demo`).
+- ``bandsolve bench [ARGS...]``: the benchmark suite, :func:`bandsolve.apps.bench.main` called
   with ``ARGS``; imported only when asked for, so a missing or broken benchmark module
   never breaks ``demo``.
 """
@@ -30,17 +30,17 @@ def _demo(args):
 
 def _bench(bench_args):
     try:
-        bench = importlib.import_module("bandsolve.bench")
+        bench = importlib.import_module("bandsolve.apps.bench")
     except ModuleNotFoundError as error:
-        if error.name not in ("bandsolve.bench", "bandsolve"):
+        if error.name not in ("bandsolve.apps.bench", "bandsolve.apps", "bandsolve"):
             raise  # the module exists but one of its own imports is missing: show that
-        print("bandsolve bench: the benchmark module bandsolve.bench is not available in "
+        print("bandsolve bench: the benchmark module bandsolve.apps.bench is not available in "
               "this installation, so there is nothing to run. `bandsolve demo` gives a "
               "short speed comparison.", file=sys.stderr)
         return 2
     main = getattr(bench, "main", None)
     if main is None:
-        print("bandsolve bench: bandsolve.bench has no main(argv) function.", file=sys.stderr)
+        print("bandsolve bench: bandsolve.apps.bench has no main(argv) function.", file=sys.stderr)
         return 2
     status = main(list(bench_args))
     return 0 if status is None else int(status)
@@ -60,8 +60,8 @@ def build_parser():
     demo.add_argument("--json", metavar="PATH", help="also write the numbers to PATH")
     demo.set_defaults(run=_demo)
     bench = commands.add_parser(
-        "bench", help="run the benchmark suite (bandsolve.bench)", add_help=False,
-        description="Run bandsolve.bench.main(ARGS); `bandsolve bench --help` for its options.")
+        "bench", help="run the benchmark suite (bandsolve.apps.bench)", add_help=False,
+        description="Run bandsolve.apps.bench.main(ARGS); `bandsolve bench --help` for its options.")
     bench.add_argument("bench_args", nargs="*", metavar="ARGS")
     return parser
 

@@ -1,13 +1,13 @@
 """The five CPU speed targets of issue 3 as asv ``track_`` benchmarks.
 
 Each value is a ratio measured in one process against a baseline measured in the same
-process (``bandsolve.bench.Measurements``, the code behind ``bandsolve bench``), so
+process (``bandsolve.apps.bench.Measurements``, the code behind ``bandsolve bench``), so
 ``asv compare`` shows how each ratio moves between commits. Limits: see
-``bandsolve.bench.TARGETS``. Every timing starts with an untimed call of its own size
-(``bandsolve.bench.best_time``), so compilation stays out of the ratios.
+``bandsolve.apps.bench.TARGETS``. Every timing starts with an untimed call of its own size
+(``bandsolve.apps.bench.best_time``), so compilation stays out of the ratios.
 """
 
-from bandsolve import bench
+from bandsolve.apps import bench
 
 from .common import SMOKE
 

@@ -1,4 +1,4 @@
-"""``bandsolve bench``: the CPU speed targets of issue 3, measured as ratios in one run.
+"""``bandsolve bench``: the CPU speed targets, measured as ratios in one run.
 
 Every number goes through the public API (``smnn_solve``, ``smnn_solve_vjp``,
 ``smnn_factor``, ``smnn_normal_equations``), so the instrument keeps working while the
@@ -59,7 +59,7 @@ import scipy.linalg
 
 import bandsolve
 
-from .problems import coupled_oscillators
+from ..problems import coupled_oscillators
 
 N_DIMS, N_ORDERS, N_EQUATIONS = 3, 3, 3
 BLOCK_SIZE = N_DIMS * N_ORDERS
@@ -312,7 +312,7 @@ def _memory_child():
 def measure_huge(n_steps):
     """Time and peak memory of one ``B=1`` forward solve at ``T = n_steps`` in a fresh
     process (so that earlier allocations cannot hide or inflate its peak)."""
-    code = "from bandsolve.bench import _memory_child; _memory_child()"
+    code = "from bandsolve.apps.bench import _memory_child; _memory_child()"
     # glibc raises its mmap threshold after large frees (up to 32 MiB), after which the
     # warm-up call's freed memory could stay resident and hide the measured call's peak;
     # a fixed threshold keeps large arrays mmapped and returned to the system on free
@@ -603,7 +603,7 @@ def format_report(results):
         f"{h['traced_peak'] / 2**20:.1f} MiB",
         "",
         f"GFLOP/s (block algorithm's flops, {results['flops_per_step']:.0f} per step and "
-        f"system; see bandsolve/bench.py)",
+        f"system; see bandsolve/apps/bench.py)",
         f"  bandsolve forward B={s['batch']} T={s['t_batch']}: {g['forward_batch']:.2f}   "
         f"B=1 T={s['t_long']}: {g['forward_t_long']:.2f}   "
         f"(LAPACK on the same count: {g['lapack_t_long_same_flops']:.2f})",
@@ -648,7 +648,7 @@ def main(argv=None):
     [--strict]``. Returns the exit status (with ``--strict``: 1 if a target fails)."""
     parser = argparse.ArgumentParser(
         prog="bandsolve bench",
-        description="Measure the CPU speed targets (issue 3) as ratios against LAPACK and "
+        description="Measure the CPU speed targets as ratios against LAPACK and "
                     "a dense solve, in one run; print the table and plot time and peak "
                     "memory against T.")
     parser.add_argument("--quick", action="store_true",

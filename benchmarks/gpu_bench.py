@@ -1,6 +1,6 @@
 """GPU benchmarks of bandsolve's CUDA backend against its baselines (run on a GPU machine).
 
-    PYTHONPATH=. python3 tools/gpu_bench.py OUTDIR [--budget SECONDS]
+    PYTHONPATH=. python3 benchmarks/gpu_bench.py OUTDIR [--budget SECONDS]
 
 Writes ``OUTDIR/gpu_bench.json`` and ``OUTDIR/gpu_bench.md``. Installs nothing; needs CuPy
 and Numba CUDA (numba-cuda), uses PyTorch if present.

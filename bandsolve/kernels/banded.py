@@ -1,4 +1,5 @@
-"""Block Cholesky factorisation and substitutions for lower block-banded storage.
+"""Block Cholesky factorisation and substitutions for lower block-banded storage, one
+system at a time (compiled for the CPU and CUDA kernels alike).
 
 Storage (see ``bandsolve.banded``): ``lower[t, j]`` is the ``(n, n)`` block at block row
 ``t``, block column ``t - j``, for ``j = 0..p``. The factor ``L`` (``M = L L^T``) has the
@@ -10,9 +11,7 @@ same band and overwrites ``M`` block row by block row::
 Cost per block row: about ``(p + p^2/2 + 1/3) n^3`` multiply-adds; linear in ``T``.
 """
 
-import numba
-
-from .._jit import jit_helper, jit_kernel
+from .._jit import jit_helper
 from .blocks import (
     cholesky_in_place,
     right_solve_lower_transpose,
@@ -71,28 +70,3 @@ def backward_substitute(lower, v):
         for j in range(1, min(p, n_steps - 1 - t) + 1):
             subtract_matvec_transpose(v[t], lower[t + j, j], v[t + j])
         solve_lower_transpose(lower[t, 0], v[t])
-
-
-@jit_kernel
-def factor_kernel(lower, info):
-    """Factor every system in place. lower ``(B, T, p+1, n, n)``; info ``(B,)`` int64 gets
-    0 on success or ``t + 1`` for the first block row ``t`` whose pivot failed."""
-    for b in numba.prange(lower.shape[0]):
-        info[b] = 0
-        for t in range(lower.shape[1]):
-            if factor_block_row(lower[b], t) != 0:
-                info[b] = t + 1
-                break
-
-
-@jit_kernel
-def solve_kernel(lower, lhs_index, v):
-    """Solve ``M x = v`` in place for every right-hand side.
-
-    lower ``(Bl, T, p+1, n, n)`` factors; lhs_index ``(B,)`` picks the factor of each
-    right-hand side; v ``(B, T, n)`` is overwritten with the solution.
-    """
-    for i in numba.prange(v.shape[0]):
-        factor = lower[lhs_index[i]]
-        forward_substitute(factor, v[i])
-        backward_substitute(factor, v[i])

@@ -1,0 +1,6 @@
+"""Numba-compilable helpers shared by the CPU (``bandsolve.cpu``) and CUDA
+(``bandsolve.gpu``) kernels: plain functions on one system's arrays, no parallelism.
+
+- :mod:`.blocks`: dense ``n x n`` block operations (Cholesky, triangular solves, updates).
+- :mod:`.banded`: block Cholesky factorisation and substitutions of one block-banded system.
+"""
