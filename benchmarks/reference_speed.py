@@ -117,8 +117,8 @@ def main():
     reference = load_reference(args.reference)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, CPU, "
           f"median of {args.rounds} interleaved rounds")
-    print(f"| workload | reference | bandsolve | reference / bandsolve | max rel. diff |")
-    print(f"|---|---|---|---|---|")
+    print("| workload | reference | bandsolve | reference / bandsolve | max rel. diff |")
+    print("|---|---|---|---|---|")
     for name in args.workloads:
         inputs, kw, leaves = WORKLOADS[name]()
         implementations = {"reference": reference.ode_forward,

@@ -1,6 +1,6 @@
 """The JAX adapter: forward under jit against a dense solve, forward- and reverse-mode
-derivatives against finite differences and each other, vmap against the batched call, jit(grad) and vmap(grad) of training
-losses, no retracing, dtypes and errors.
+derivatives against finite differences and each other, vmap against the batched call,
+jit(grad) and vmap(grad) of training losses, no retracing, dtypes and errors.
 
 Every test runs with ``jax_enable_x64`` on through the ``jax.enable_x64`` context (an
 autouse fixture) rather than ``jax.config.update``, so the process-global flag that other
