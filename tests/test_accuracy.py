@@ -20,6 +20,8 @@ a backward-stable solver (LAPACK's SVD least squares), so no assertion here asks
 than such a method delivers.
 """
 
+import contextlib
+import dataclasses
 import math
 
 import numpy as np
@@ -48,6 +50,45 @@ BEYOND_LIMIT_TOL = 1e-3
 FLOAT32_TOL = 1e-5
 
 ACCURACY_CASES = grid_cases() + weighted_cases() + issue_cases()
+VJP_CASES = [dataclasses.replace(case, full_init=True, wi=2.0 ** -30)
+             for case in grid_cases()[::3] + weighted_cases()]
+
+
+def _cond_at_collection(case):
+    """cond(A) from a float64 SVD of the rows (tests/helpers.residual_rows), to sort the
+    cases into the promised range and beyond before the tests run; ``0`` for systems too
+    large for a quick SVD (the README case, cond ~1e5: its test asserts the range from
+    the exact reference)."""
+    if case.T * case.D * case.O > 1200:
+        return 0.0
+    A, _ = residual_rows(*case.arrays(np.float64), **case.exact_kw)
+    with _one_thread():
+        sv = np.linalg.svd(A.toarray(), compute_uv=False)
+    return float(sv[0] / sv[-1])
+
+
+def _split(cases, dtype):
+    """``(in_range, beyond)`` params for ``dtype``."""
+    inside, beyond = [], []
+    for case in cases:
+        cond = _cond_at_collection(case)
+        (inside if cond <= COND_LIMIT[dtype] else beyond).append(
+            pytest.param(case, dtype, id=f"{case.name}-{np.dtype(dtype).name}"))
+    return inside, beyond
+
+
+def _one_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+_IN64, _BEYOND64 = _split(ACCURACY_CASES, np.float64)
+_IN32, _BEYOND32 = _split(ACCURACY_CASES, np.float32)
+_VJP64, _ = _split(VJP_CASES, np.float64)
+_VJP32, _ = _split(VJP_CASES, np.float32)
 
 
 def float64_bound(cond):
@@ -105,32 +146,32 @@ class TestReference:
         M = (A.T @ A).toarray()
         assert np.linalg.norm(g) <= 1e3 * EPS64 * np.linalg.norm(M, 2) * np.linalg.norm(x)
 
-    @pytest.mark.parametrize("case", ACCURACY_CASES, ids=lambda c: c.name)
-    def test_float64_bound_is_achievable(self, case):
+    @pytest.mark.parametrize("case, dtype", [p for p in _IN64 if p.values[0] is not README_CASE])
+    def test_float64_bound_is_achievable(self, case, dtype):
+        # LAPACK's SVD least squares (gelsd) on the float64 rows (the README case, 7000 x
+        # 3000, is too large for a quick dense SVD; its cond(A) is only 1.4e5)
         ref = exact_of(case)
-        if ref.cond > COND_LIMIT[np.float64]:
-            pytest.skip(f"cond(A) = {ref.cond:.1e} beyond the promised range")
         A, beta = ref.rows_float64()
-        if A.shape[1] > 1200:
-            pytest.skip("dense SVD too slow here; the case's own test stands alone")
-        x = np.linalg.lstsq(A.toarray(), beta, rcond=None)[0].reshape(ref.shape)
+        with _one_thread():
+            x = np.linalg.lstsq(A.toarray(), beta, rcond=None)[0].reshape(ref.shape)
         errs = order_errors(x, ref.x)
         assert np.all(errs <= float64_bound(ref.cond)), (ref.cond, _fmt(errs))
 
-    @pytest.mark.parametrize("case", grid_cases()[::3], ids=lambda c: c.name)
-    def test_vjp_bound_is_achievable(self, case):
+    @pytest.mark.parametrize("case, dtype", _VJP64)
+    def test_vjp_bound_is_achievable(self, case, dtype):
         # y = M^{-1} ubar through the R of a Householder QR of A (a backward-stable
-        # route that never forms M) meets the rhs_bar tolerance of TestVJP
+        # route that never forms M) meets the tolerances of test_vjp_second_solve_accuracy
         ref = exact_of(case)
-        if ref.cond > COND_LIMIT[np.float64]:
-            pytest.skip(f"cond(A) = {ref.cond:.1e} beyond the promised range")
         ubar = _ubar(case)
         A, _ = ref.rows_float64()
-        R = scipy.linalg.qr(A.toarray(), mode="r")[0][: A.shape[1]]
+        with _one_thread():
+            R = scipy.linalg.qr(A.toarray(), mode="r")[0][: A.shape[1]]
         y = scipy.linalg.solve_triangular(
             R, scipy.linalg.solve_triangular(R, ubar.ravel(), trans="T")).reshape(ref.shape)
-        c, _, _, _ = case.arrays(np.float64)
-        err, scale = _rhs_bar_error(case, c, ref, ubar, _rhs_bar_of(case, c, y))
+        errs = order_errors(y, ref.solve(ubar))
+        assert np.all(errs <= float64_bound(ref.cond)), (ref.cond, _fmt(errs))
+        c = case.arrays(np.float64)[0]
+        err, scale = _rhs_bar_error(ref, ubar, _rhs_bar_of(case, c, y), case, c)
         assert err <= float64_bound(ref.cond) * scale
 
 
@@ -139,27 +180,15 @@ class TestReference:
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
-@pytest.mark.parametrize("case", ACCURACY_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case, dtype", _IN64 + _IN32)
 def test_forward_accuracy(case, dtype):
-    """Per-order error against the exact solution, within the contract's range without an
-    exception; beyond it, a clear error or a result no worse than 1e-3."""
+    """Per-order error against the exact solution, in the promised range, no exception."""
     ref = exact_of(case)
-    in_range = ref.cond <= COND_LIMIT[dtype]
-    if in_range:
-        u = solve(case, dtype)
-    else:
-        try:
-            u = solve(case, dtype)
-        except (bandsolve.FactorizationError, ValueError) as err:
-            if dtype == np.float32:
-                assert "float64" in str(err), f"the error should say how to fix it: {err}"
-            return
+    assert ref.cond <= COND_LIMIT[dtype], f"case sorted wrongly: cond(A) = {ref.cond:.2e}"
+    u = solve(case, dtype)
     assert u.dtype == np.dtype(dtype) and u.shape == ref.shape
     errs = order_errors(u, ref.x)
-    if not in_range:
-        tol = BEYOND_LIMIT_TOL
-    elif dtype == np.float64:
+    if dtype == np.float64:
         tol = float64_bound(ref.cond)
     else:
         # float32 results: a float32 factor refined with float64 residuals, or float64
@@ -167,6 +196,27 @@ def test_forward_accuracy(case, dtype):
         tol = FLOAT32_TOL
     assert np.all(errs <= tol), (
         f"cond(A)={ref.cond:.2e}: err per order {_fmt(errs)} > {tol:.1e}")
+
+
+@pytest.mark.parametrize("case, dtype", _BEYOND64 + _BEYOND32)
+def test_forward_beyond_the_promised_range(case, dtype):
+    """Beyond the promised range (float64: cond(A) > 1e11, float32: > 1e6) the contract
+    is "never silently wrong": a clear error (for float32 one that says to use float64),
+    or a result within 1e-3. (For float64 this is stricter than the issue's item 1, which
+    is silent about cond(A) > 1e11, and follows its title; LAPACK's SVD solve gets
+    ~eps cond(A) here, 1e-3 to 1 at cond(A) 1e13-1e15, so a solver must know when it
+    cannot deliver.)"""
+    ref = exact_of(case)
+    assert ref.cond > COND_LIMIT[dtype], f"case sorted wrongly: cond(A) = {ref.cond:.2e}"
+    try:
+        u = solve(case, dtype)
+    except (bandsolve.FactorizationError, ValueError) as err:
+        if dtype == np.float32:
+            assert "float64" in str(err), f"the error should say how to fix it: {err}"
+        return
+    errs = order_errors(u, ref.x)
+    assert np.all(errs <= BEYOND_LIMIT_TOL), (
+        f"cond(A)={ref.cond:.2e}: silent result with err per order {_fmt(errs)}")
 
 
 def test_readme_oscillator_matches_the_reference_values():
@@ -211,52 +261,46 @@ def _rhs_bar_of(case, c, y):
     return case.we ** 2 * np.einsum("tej,tj->te", c.reshape(T, E, -1), y.reshape(T, -1))
 
 
-def _rhs_bar_error(case, c, ref, ubar, rhs_bar):
-    """``(max|rhs_bar - exact|, scale)`` with ``scale = we^2 max_{t,e} sum_j |C_tej|
-    |y_tj|``. Why that scale: the problem ``y = M^{-1} ubar`` itself has condition
-    cond(M) = cond(A)^2, but a backward-stable route (a QR or Cholesky factor of A's
-    rows, refined) delivers ``max|dy| <~ eps cond(A) max|y|`` on these systems (measured:
-    ~0.05 eps cond(A)). ``rhs_bar = we^2 C y`` then errs by ``we^2 |C| |dy|``, which can be
-    large against rhs_bar itself (C y cancels when y is dominated by M's weakest
-    direction), but not against ``we^2 |C| |y|``. So the honest test of the second solve is
-    ``max|d rhs_bar| <= bound * we^2 max(|C| |y|)`` with the forward bound; a result that
-    loses the second solve (eps cond(M)) fails it by orders of magnitude."""
-    T, E = c.shape[:2]
+def _rhs_bar_error(ref, ubar, rhs_bar, case, c):
+    """``(max|rhs_bar - exact|, scale)`` with ``scale = we max|A y|`` (``A y`` the rows
+    applied to the exact ``y``). Why that scale: ``rhs_bar = we^2 C y = we (A y)`` on the
+    equation rows, and ``z = A y`` is the minimum-norm solution of ``A^T z = ubar``, whose
+    condition number is cond(A): a backward-stable route gets ``max|dz| <~ eps cond(A)
+    max|z|`` (measured with a QR of A: <= 1.1 eps cond(A) on the grid), and so does
+    bandsolve's plain Cholesky. The equation-row part of z can be 1e-8 of max|z| on these
+    systems, so rhs_bar can be wrong relative to itself even from an exact-to-rounding y:
+    this check is honest but weak; the full-y check through ``init_bar`` is the strong one."""
     y = ref.solve(ubar)
     exact = _rhs_bar_of(case, c, y)
-    scale = case.we ** 2 * np.max(np.einsum(
-        "tej,tj->te", np.abs(c.reshape(T, E, -1)), np.abs(y.reshape(T, -1))))
+    A, _ = ref.rows_float64()
+    scale = case.we * float(np.max(np.abs(A @ y.ravel())))
     rhs_bar = np.asarray(rhs_bar, dtype=np.float64)
     if not np.all(np.isfinite(rhs_bar)):
         return math.inf, scale
-    return float(np.max(np.abs(rhs_bar - exact))), float(scale)
+    return float(np.max(np.abs(rhs_bar - exact))), scale
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
-@pytest.mark.parametrize("case", grid_cases() + weighted_cases(), ids=lambda c: c.name)
+@pytest.mark.parametrize("case, dtype", _VJP64 + _VJP32)
 def test_vjp_second_solve_accuracy(case, dtype):
-    """``rhs_bar`` and ``init_bar`` (both read ``y = M^{-1} ubar`` directly) against the
-    60-digit ``y``."""
+    """The backward pass's ``y = M^{-1} ubar`` against the 60-digit ``y``. The cases carry
+    initial values at every step and order with weight ``wi = 2^-30``, so ``init_bar =
+    wi^2 y`` exposes all of y (the tiny rows change cond(A) little; the reference
+    includes them exactly). y is measured per order like u: a backward-stable route
+    (QR of A, ``TestReference.test_vjp_bound_is_achievable``) gets <= 0.4 eps cond(A);
+    a plain Cholesky of M gets eps cond(A)^2."""
     ref = exact_of(case)
-    if ref.cond > COND_LIMIT[dtype]:
-        pytest.skip(f"cond(A) = {ref.cond:.1e} beyond the promised range "
-                    "(test_forward_accuracy covers the behaviour there)")
+    assert ref.cond <= COND_LIMIT[dtype], f"case sorted wrongly: cond(A) = {ref.cond:.2e}"
     c, r, g, h = case.arrays(dtype)
     ubar = _ubar(case)
     u, vjp = bandsolve.smnn_solve_vjp(c, r, g, h, **case.weights)
     _, rhs_bar, init_bar, _ = vjp(ubar.astype(dtype))
-    assert rhs_bar.dtype == np.dtype(dtype)
+    assert rhs_bar.dtype == np.dtype(dtype) and init_bar.shape == g.shape
     tol = float64_bound(ref.cond) if dtype == np.float64 else FLOAT32_TOL
-    err, scale = _rhs_bar_error(case, c.astype(np.float64), ref, ubar, rhs_bar)
-    assert err <= tol * scale, f"rhs_bar: {err / scale:.2e} (scaled) > {tol:.1e}"
-    if g.size:
-        # init_bar = wi^2 y at the initial-value entries
-        y = ref.solve(ubar)
-        Ti, _, Oi = g.shape
-        exact = case.wi ** 2 * y[:Ti, :, :Oi]
-        err = np.max(np.abs(np.asarray(init_bar, np.float64) - exact))
-        assert err <= tol * case.wi ** 2 * np.max(np.abs(y)), (
-            f"init_bar: {err / (case.wi ** 2 * np.max(np.abs(y))):.2e} > {tol:.1e}")
+    y = ref.solve(ubar)
+    errs = order_errors(np.asarray(init_bar, np.float64) / case.wi ** 2, y)
+    assert np.all(errs <= tol), f"y per order {_fmt(errs)} > {tol:.1e} (cond {ref.cond:.1e})"
+    err, scale = _rhs_bar_error(ref, ubar, rhs_bar, case, c.astype(np.float64))
+    assert err <= tol * scale, f"rhs_bar: {err / scale:.2e} (of we max|A y|) > {tol:.1e}"
 
 
 # ---------------------------------------------------------------------------------------
