@@ -22,6 +22,7 @@ than such a method delivers.
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -54,6 +55,7 @@ VJP_CASES = [dataclasses.replace(case, full_init=True, wi=2.0 ** -30)
              for case in grid_cases()[::3] + weighted_cases()]
 
 
+@functools.lru_cache(maxsize=None)
 def _cond_at_collection(case):
     """cond(A) from a float64 SVD of the rows (tests/helpers.residual_rows), to sort the
     cases into the promised range and beyond before the tests run; ``0`` for systems too
@@ -146,6 +148,40 @@ class TestReference:
         M = (A.T @ A).toarray()
         assert np.linalg.norm(g) <= 1e3 * EPS64 * np.linalg.norm(M, 2) * np.linalg.norm(x)
 
+    @pytest.mark.parametrize("case", [
+        Case(T=3, D=1, E=1, O=4, h=0.003, seed=4),  # cond(A) ~ 1e8
+        Case(T=4, D=2, E=2, O=3, h=0.05, central=True, seed=3),
+    ], ids=lambda c: c.name)
+    def test_banded_cholesky_matches_a_60_digit_augmented_solve(self, case):
+        # an independent route at the same precision that never forms A^T A: the
+        # augmented system [[I, A], [A^T, 0]] [r; x] = [beta; 0] by mpmath's dense LU;
+        # agreement to 1e-30 is far beyond float64's 1e-16
+        from mpmath import mp
+
+        ref = exact_of(case)
+        N, m = int(np.prod(ref.shape)), len(ref.rows)
+        with mp.workdps(60):
+            K = mp.zeros(m + N, m + N)
+            rhs = mp.zeros(m + N, 1)
+            for i, (cols, vals, b) in enumerate(ref.rows):
+                K[i, i] = 1
+                for j, v in zip(cols, vals):
+                    K[i, m + j] += v
+                    K[m + j, i] += v
+                rhs[i] = b
+            sol = mp.lu_solve(K, rhs)
+            diff = max(abs(sol[m + j] - ref._x[j]) for j in range(N))
+            size = max(abs(v) for v in ref._x)
+            assert diff <= mp.mpf("1e-30") * size, (float(diff / size), ref.cond)
+        assert ref.cond > 1e2  # not a trivially conditioned system
+
+    def test_reference_refuses_a_singular_system(self):
+        # 4 equations for 6 unknowns per polynomial null space, no initial values: the
+        # exact pivot is zero and the reference says so rather than returning noise
+        case = Case(T=4, D=2, E=1, O=3, h=0.05, init=False, central=True, seed=3)
+        with pytest.raises(ValueError, match="not positive definite"):
+            exact_of(case)
+
     @pytest.mark.parametrize("case, dtype", [p for p in _IN64 if p.values[0] is not README_CASE])
     def test_float64_bound_is_achievable(self, case, dtype):
         # LAPACK's SVD least squares (gelsd) on the float64 rows (the README case, 7000 x
@@ -219,15 +255,16 @@ def test_forward_beyond_the_promised_range(case, dtype):
         f"cond(A)={ref.cond:.2e}: silent result with err per order {_fmt(errs)}")
 
 
-def test_readme_oscillator_matches_the_reference_values():
-    """The README example's trajectory (u at t = 0, 2.5, 5, 7.5) against the exact values,
-    a sanity anchor independent of the tolerance machinery."""
+def test_readme_oscillator_matches_the_published_values():
+    """The README example's u at t = 0, 2.5, 5, 7.5 against the values published in the
+    accuracy issue (3 digits, from an 80-digit reference): an anchor for the reference
+    itself, and a user-visible check (float32 currently gives 1.0, 0.023, 8.5e-05, ...)."""
+    published = [1.0, 0.135, -0.420, -0.219]
     ref = exact_of(README_CASE)
-    expected = [1.0, 0.13492185, -0.41962156, -0.21878409]  # 60-digit reference, rounded
-    np.testing.assert_allclose(ref.x[::250, 0, 0], expected, atol=1e-8)
+    np.testing.assert_allclose(ref.x[::250, 0, 0], published, atol=1e-3)
     for dtype in DTYPES:
         u = solve(README_CASE, dtype)
-        np.testing.assert_allclose(u[::250, 0, 0], expected, atol=2e-5, err_msg=str(dtype))
+        np.testing.assert_allclose(u[::250, 0, 0], published, atol=1e-3, err_msg=str(dtype))
 
 
 def test_jax_jit_float32_readme_is_accurate():
@@ -477,7 +514,8 @@ class TestOverflow:
         except ValueError as err:
             assert any(n in str(err) for n in names), f"should name {names}: {err}"
             return
-        assert np.all(np.isfinite(u)), f"silent NaN/Inf: {np.sum(~np.isfinite(u))} entries"
+        n_bad = int(np.sum(~np.isfinite(u)))
+        assert n_bad == 0, f"silent NaN/Inf in {n_bad} of {u.size} entries"
         tol = float64_bound(ref.cond) if dtype == np.float64 else FLOAT32_TOL
         errs = order_errors(u, ref.x)
         assert np.all(errs <= tol), _fmt(errs)
