@@ -114,11 +114,11 @@ README_CASE = Case(kind="oscillator", T=1000, O=3, h=0.01)
 
 
 def issue_cases():
-    """The cases named in the accuracy issue: the README oscillator and O=5 at three steps."""
-    return [README_CASE,
-            Case(kind="oscillator", T=100, O=5, h=0.01),
-            Case(kind="oscillator", T=100, O=5, h=0.003),
-            Case(kind="oscillator", T=100, O=5, h=0.001)]
+    """The cases named in the accuracy issue: the README oscillator, and O=5 at three
+    steps, as the oscillator and as a random system (D=1, E=1, initial values)."""
+    return [README_CASE] + [
+        Case(kind=kind, T=T, O=5, h=h, seed=200)
+        for kind, T in (("oscillator", 100), ("random", 50)) for h in (0.01, 0.003, 0.001)]
 
 
 def random_sweep_cases(n, seed=0):

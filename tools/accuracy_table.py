@@ -8,7 +8,10 @@ The reference and the cases live in ``tests/exact.py`` and ``tests/accuracy_case
 
 Usage::
 
-    python tools/accuracy_table.py [--sweep 200] [--json out.json]
+    python tools/accuracy_table.py [--sweep 200] [--json out.json] [--before before.json]
+
+``--before`` adds the max error (or "raised") of an earlier ``--json`` run per case, for a
+before/after table.
 
 Run from the repository root (it imports ``bandsolve`` and the test helpers). Takes about
 a minute, mostly the 60-digit reference.
@@ -32,6 +35,18 @@ from accuracy_cases import issue_cases, random_sweep_cases  # noqa: E402
 from exact import exact_solution, order_errors  # noqa: E402
 
 DTYPES = (np.float64, np.float32)
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def target(cond, dtype, errs, raised):
+    """``(text, met)``: the contract of DESIGN.md section 5 for this case (as in
+    tests/test_accuracy.py): float64 ``max(100 eps cond(A), 1e-13)`` up to cond(A) 1e11,
+    float32 ``1e-5`` up to 1e6, no exception; beyond, an error or ``<= 1e-3``."""
+    in_range = cond <= (1e11 if dtype == np.float64 else 1e6)
+    if not in_range:
+        return "raise or 1e-3", bool(raised) or float(np.max(errs)) <= 1e-3
+    tol = max(100 * EPS64 * cond, 1e-13) if dtype == np.float64 else 1e-5
+    return f"{tol:.1e}", raised is None and float(np.max(errs)) <= tol
 
 
 def _run(case, dtype):
@@ -49,7 +64,9 @@ def issue_table():
     for case in issue_cases():
         for dtype in DTYPES:
             ref, errs, raised = _run(case, dtype)
+            goal, met = target(ref.cond, dtype, errs, raised)
             rows.append(dict(case=case.name, cond=ref.cond, dtype=np.dtype(dtype).name,
+                             target=goal, met=met,
                              err=None if errs is None else [float(e) for e in errs],
                              max_err=None if errs is None else float(np.max(errs)),
                              raised=raised))
@@ -126,15 +143,24 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=int, default=200, help="random float32 systems")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--before", type=Path, help="a --json file of an earlier run")
     args = parser.parse_args(argv)
+    before = {}
+    if args.before:
+        for r in json.loads(args.before.read_text())["cases"]:
+            before[(r["case"], r["dtype"])] = r["raised"] or f"{float(r['max_err']):.1e}"
 
     start = time.perf_counter()
     rows = issue_table()
-    print(f"{'case':<34} {'cond(A)':>9} {'dtype':>8}  {'err per order':<44} {'max err':>8}  raised")
+    extra = f" {'before':>19}" if before else ""
+    print(f"{'case':<42} {'cond(A)':>9} {'dtype':>8}  {'err per order':<44} {'max err':>8}  "
+          f"{'raised':<18} {'target':>13} met{extra}")
     for r in rows:
         max_err = "-" if r["max_err"] is None else f"{r['max_err']:.1e}"
-        print(f"{r['case']:<34} {r['cond']:9.2e} {r['dtype']:>8}  {_fmt_errs(r['err']):<44} "
-              f"{max_err:>8}  {r['raised'] or 'no'}")
+        was = f" {before.get((r['case'], r['dtype']), '?'):>19}" if before else ""
+        print(f"{r['case']:<42} {r['cond']:9.2e} {r['dtype']:>8}  {_fmt_errs(r['err']):<44} "
+              f"{max_err:>8}  {r['raised'] or 'no':<18} {r['target']:>13} "
+              f"{'yes' if r['met'] else 'NO':<3}{was}")
     s = sweep(args.sweep)
     print(f"\nrandom full-rank float32 sweep: {s['wrong_over_10pct']} of {s['n']} more than 10% "
           f"wrong ({s['finite']} finite, {s['raised']} raised), cond(A) "
