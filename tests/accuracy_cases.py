@@ -58,13 +58,13 @@ class Case:
     @property
     def weights(self):
         """Keyword arguments for ``bandsolve.smnn_solve``."""
-        return dict(weight_equation=self.we, weight_init=self.wi, weight_smooth=self.ws,
-                    central_smoothness=self.central)
+        return {"weight_equation": self.we, "weight_init": self.wi, "weight_smooth": self.ws,
+                    "central_smoothness": self.central}
 
     @property
     def exact_kw(self):
         """Keyword arguments for ``exact.exact_solution``."""
-        return dict(we=self.we, wi=self.wi, ws=self.ws, central=self.central)
+        return {"we": self.we, "wi": self.wi, "ws": self.ws, "central": self.central}
 
     def arrays(self, dtype=np.float64):
         T, D, E, O = self.T, self.D, self.E, self.O

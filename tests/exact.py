@@ -172,7 +172,7 @@ class ExactSolution:
     """Exact least-squares solution of one system (see the module docstring)."""
 
     def __init__(self, c, r, g, h, *, we, wi, ws, central):
-        T, E, D, O = np.shape(c)
+        T, _, D, O = np.shape(c)
         self.shape = (T, D, O)
         self.n = D * O
         self.rows = exact_rows(c, r, g, h, we=we, wi=wi, ws=ws, central=central)
@@ -253,7 +253,7 @@ def _key(arrays, kw):
 
 def exact_solution(c, r, g, h, *, we=1.0, wi=1.0, ws=1.0, central=False):
     """Cached :class:`ExactSolution` of one system (inputs of one batch element)."""
-    kw = dict(we=float(we), wi=float(wi), ws=float(ws), central=bool(central))
+    kw = {"we": float(we), "wi": float(wi), "ws": float(ws), "central": bool(central)}
     key = _key((c, r, g, h), kw)
     if key not in _CACHE:
         _CACHE[key] = ExactSolution(c, r, g, h, **kw)

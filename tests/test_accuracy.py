@@ -28,9 +28,6 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
-
-import bandsolve
-
 from accuracy_cases import (
     README_CASE,
     Case,
@@ -40,6 +37,8 @@ from accuracy_cases import (
 )
 from exact import exact_solution, order_errors
 from helpers import residual_rows
+
+import bandsolve
 
 EPS64 = float(np.finfo(np.float64).eps)
 DTYPES = [np.float64, np.float32]
@@ -55,7 +54,7 @@ VJP_CASES = [dataclasses.replace(case, full_init=True, wi=2.0 ** -30)
              for case in grid_cases()[::3] + weighted_cases()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cond_at_collection(case):
     """cond(A) from a float64 SVD of the rows (tests/helpers.residual_rows), to sort the
     cases into the promised range and beyond before the tests run; ``0`` for systems too
@@ -329,7 +328,7 @@ def test_vjp_second_solve_accuracy(case, dtype):
     assert ref.cond <= COND_LIMIT[dtype], f"case sorted wrongly: cond(A) = {ref.cond:.2e}"
     c, r, g, h = case.arrays(dtype)
     ubar = _ubar(case)
-    u, vjp = bandsolve.smnn_solve_vjp(c, r, g, h, **case.weights)
+    _, vjp = bandsolve.smnn_solve_vjp(c, r, g, h, **case.weights)
     _, rhs_bar, init_bar, _ = vjp(ubar.astype(dtype))
     assert rhs_bar.dtype == np.dtype(dtype) and init_bar.shape == g.shape
     tol = float64_bound(ref.cond) if dtype == np.float64 else FLOAT32_TOL
@@ -365,7 +364,7 @@ def _singular_shapes():
     return shapes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _is_rank_deficient(T, E, D, O, Ti, Oi, central):
     """The test data is what it claims: a float64 SVD of the rows finds a null space."""
     A, _ = residual_rows(*_zero_problem(T, E, D, O, Ti, Oi, np.float64), central=central)

@@ -30,9 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import bandsolve  # noqa: E402
-from accuracy_cases import issue_cases, random_sweep_cases  # noqa: E402
-from exact import exact_solution, order_errors  # noqa: E402
+from accuracy_cases import issue_cases, random_sweep_cases
+from exact import exact_solution, order_errors
+
+import bandsolve
 
 DTYPES = (np.float64, np.float32)
 EPS64 = float(np.finfo(np.float64).eps)
@@ -65,11 +66,11 @@ def issue_table():
         for dtype in DTYPES:
             ref, errs, raised = _run(case, dtype)
             goal, met = target(ref.cond, dtype, errs, raised)
-            rows.append(dict(case=case.name, cond=ref.cond, dtype=np.dtype(dtype).name,
-                             target=goal, met=met,
-                             err=None if errs is None else [float(e) for e in errs],
-                             max_err=None if errs is None else float(np.max(errs)),
-                             raised=raised))
+            rows.append({"case": case.name, "cond": ref.cond, "dtype": np.dtype(dtype).name,
+                             "target": goal, "met": met,
+                             "err": None if errs is None else [float(e) for e in errs],
+                             "max_err": None if errs is None else float(np.max(errs)),
+                             "raised": raised})
     return rows
 
 
@@ -77,8 +78,8 @@ def sweep(n, in_range=1e6, tol=1e-5):
     """float32 on ``n`` random full-rank systems: how many are more than 10% wrong, how
     many raised; and, among those with cond(A) <= ``in_range`` (where the contract asks
     for ``tol``), how many miss ``tol`` or raise."""
-    out = dict(n=n, finite=0, wrong_over_10pct=0, raised=0, in_range=0,
-               in_range_over_tol=0, in_range_raised=0, worst_err=0.0)
+    out = {"n": n, "finite": 0, "wrong_over_10pct": 0, "raised": 0, "in_range": 0,
+               "in_range_over_tol": 0, "in_range_raised": 0, "worst_err": 0.0}
     conds = []
     for case in random_sweep_cases(n):
         ref, errs, err_name = _run(case, np.float32)
@@ -120,7 +121,7 @@ def singular_detection():
                                     bandsolve.smnn_solve(*problem, central_smoothness=central)
                                 except bandsolve.FactorizationError:
                                     detected += 1
-            out[f"{label} ({np.dtype(dtype).name})"] = dict(detected=detected, total=total)
+            out[f"{label} ({np.dtype(dtype).name})"] = {"detected": detected, "total": total}
     return out
 
 
@@ -175,8 +176,8 @@ def main(argv=None):
     print(f"\n({elapsed:.0f} s; bandsolve {bandsolve.__version__}; exact reference: mpmath, "
           "60 digits, tests/exact.py)")
     if args.json:
-        args.json.write_text(json.dumps(_finite(dict(cases=rows, float32_sweep=s,
-                                                     singular=det)), indent=2))
+        args.json.write_text(json.dumps(_finite({"cases": rows, "float32_sweep": s,
+                                                     "singular": det}), indent=2))
     return 0
 
 
