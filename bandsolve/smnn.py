@@ -14,14 +14,27 @@ import numpy as np
 
 from . import _validation as v
 from .banded import BlockBanded, BlockCholesky
-from .cpu.smnn import (
-    assemble_and_factor_kernel,
-    assemble_kernel,
-    assemble_rhs_kernel,
-    factor_and_solve_kernel,
-    gradient_kernel,
+from .cpu.accurate import (
+    accurate_factor_kernel,
+    accurate_factor_solve_kernel,
+    qr_factor_kernel,
+    refined_solve_kernel,
 )
+from .cpu.smnn import assemble_kernel, assemble_rhs_kernel, gradient_kernel
 from .errors import raise_if_failed
+
+# The host computes in float64 whatever the inputs' dtype: the normal equations square
+# the condition number, and float32 rows cannot hold the accuracy a user expects
+# (results are returned in the inputs' dtype).
+COMPUTE_DTYPE = np.dtype(np.float64)
+_SMNN_HINT = ("For an S-MNN problem this means the rows do not pin the solution down: too "
+              "few initial values or coefficients (e.g. all-zero coefficients with no "
+              "initial value leave a polynomial free); or the problem is singular to "
+              "working precision: cond(A) beyond ~1e12 (many derivative orders with tiny "
+              "steps: the Taylor rows weigh order o by h^o; bandsolve already computes in "
+              "float64 whatever the inputs' dtype, so use larger steps or fewer orders), "
+              "or coefficients so large that their squares overflow (rescale the "
+              "equations).")
 
 _LAYOUTS = {
     "coefficients": "(..., T or 1, E, D, O)",
@@ -54,15 +67,16 @@ class _LeftHandSide:
         self.n_init_steps, self.n_init_orders = init_shape
         self.weights = weights
         self.central = central
-        self.dtype = coefficients.dtype
+        self.dtype = coefficients.dtype  # the inputs' (and results') dtype
         self.batch_shape = v.broadcast_batch(
             coefficients=coefficients.shape[:-4], steps=steps.shape[:-1])
         n_lhs = math.prod(self.batch_shape)
         self.coefficients = _kernel_array(
-            np.broadcast_to(coefficients, self.batch_shape + coefficients.shape[-4:])
+            np.broadcast_to(coefficients, self.batch_shape + coefficients.shape[-4:]),
+            COMPUTE_DTYPE,
         ).reshape(n_lhs, coefficients.shape[-4], self.n_equations, self.block_size)
         self.steps = _kernel_array(
-            np.broadcast_to(steps, self.batch_shape + steps.shape[-1:])
+            np.broadcast_to(steps, self.batch_shape + steps.shape[-1:]), COMPUTE_DTYPE
         ).reshape(n_lhs, steps.shape[-1])
 
     @property
@@ -71,22 +85,20 @@ class _LeftHandSide:
 
     def kernel_scalars(self):
         we, wi, ws = self.weights
-        # weights in the data's dtype, so float32 kernels stay in float32
-        scalar = self.dtype.type
         return (self.n_orders, self.n_init_steps, self.n_init_orders,
-                scalar(we * we), scalar(wi * wi), scalar(ws * ws), self.central)
+                float(we * we), float(wi * wi), float(ws * ws), self.central)
 
     def flat_rhs(self, rhs, init, batch):
         """Right-hand-side inputs flattened for the kernels, with their index maps over
         the full batch ``batch``: ``(rhs_flat, rhs_index, init_flat, init_index, lhs_index)``."""
-        rhs_flat = _kernel_array(rhs).reshape((-1,) + rhs.shape[-2:])
+        rhs_flat = _kernel_array(rhs, COMPUTE_DTYPE).reshape((-1,) + rhs.shape[-2:])
         lhs_index = v.flat_batch_index(self.batch_shape, batch)
         rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
         if init.size:
-            init_flat = _kernel_array(init).reshape((-1,) + init.shape[-3:])
+            init_flat = _kernel_array(init, COMPUTE_DTYPE).reshape((-1,) + init.shape[-3:])
             init_index = v.flat_batch_index(init.shape[:-3], batch)
         else:  # no initial values: one empty row that every system points to
-            init_flat = np.zeros((1, 0, self.n_dims, 0), dtype=self.dtype)
+            init_flat = np.zeros((1, 0, self.n_dims, 0), dtype=COMPUTE_DTYPE)
             init_index = np.zeros_like(lhs_index)
         return rhs_flat, rhs_index, init_flat, init_index, lhs_index
 
@@ -94,17 +106,16 @@ class _LeftHandSide:
         """``b`` ``(B, T, n)`` for the full batch ``batch``, and the flat rhs with the index
         maps that the gradient kernel needs: ``(b, lhs_index, rhs_flat, rhs_index)``."""
         rhs_flat, rhs_index, init_flat, init_index, lhs_index = self.flat_rhs(rhs, init, batch)
-        b = np.empty((lhs_index.size, self.n_steps, self.block_size), dtype=self.dtype)
+        b = np.empty((lhs_index.size, self.n_steps, self.block_size), dtype=COMPUTE_DTYPE)
         we, wi, _ = self.weights
-        scalar = self.dtype.type
         assemble_rhs_kernel.for_batch(*b.shape[:2])(
             self.coefficients, lhs_index, rhs_flat, rhs_index, init_flat, init_index,
-            self.n_orders, scalar(we * we), scalar(wi * wi), b)
+            self.n_orders, float(we * we), float(wi * wi), b)
         return b, lhs_index, rhs_flat, rhs_index
 
     def empty_blocks(self):
         return np.empty((self.coefficients.shape[0], self.n_steps, self.bandwidth + 1,
-                         self.block_size, self.block_size), dtype=self.dtype)
+                         self.block_size, self.block_size), dtype=COMPUTE_DTYPE)
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -255,17 +266,62 @@ def _validate(coefficients, rhs, init, steps, n_steps, weight_equation, weight_i
             init.astype(dtype, copy=False), steps.astype(dtype, copy=False), T, weights)
 
 
-def _factor(coefficients, steps, T, init_shape, weights, central):
-    return _factor_lhs(_LeftHandSide(coefficients, steps, T, init_shape, weights, central))
+def _factor(coefficients, steps, T, init_shape, weights, central, check=True):
+    lhs = _LeftHandSide(coefficients, steps, T, init_shape, weights, central)
+    _check_magnitudes(lhs)
+    return _factor_lhs(lhs, check)
 
 
-def _factor_lhs(lhs):
+def _factor_lhs(lhs, check=True):
     lower = lhs.empty_blocks()
     info = np.zeros(lower.shape[0], dtype=np.int64)
-    assemble_and_factor_kernel.for_batch(*lower.shape[:2])(
+    accurate_factor_kernel.for_batch(*lower.shape[:2])(
         lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
-    raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
-    return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
+    if check:
+        _raise_if_failed(info, lhs.batch_shape)
+    return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape), info, check)
+
+
+def _raise_if_failed(status, batch_shape):
+    raise_if_failed(status, batch_shape, what="S-MNN normal matrix", hint=_SMNN_HINT)
+
+
+def _check_magnitudes(lhs):
+    """``ValueError`` naming the input whose normal-equation terms (squares of the rows'
+    entries) would overflow float64: rows of that size cannot be rescaled without losing
+    the others, so they are rejected rather than turned into NaN."""
+    limit = 1e150  # squared and summed over a block: still far below float64's 1.8e308
+    we, wi, ws = lhs.weights
+    n_orders = lhs.n_orders
+    # (coefficients that large make only their own systems fail: FactorizationError)
+    for name, weight in (("weight_equation", we), ("weight_init", wi),
+                         ("weight_smooth", ws)):
+        if weight > limit:
+            raise ValueError(f"{name} is {weight:.3g}: its square overflows in the normal "
+                             "equations; use a smaller weight")
+    if lhs.steps.size and n_orders > 1:
+        largest = ws * max(1.0, float(np.max(lhs.steps))) ** (n_orders - 1)
+        if largest > limit:
+            raise ValueError(
+                f"steps reach {float(np.max(lhs.steps)):.3g}: the Taylor rows' entries "
+                f"(h^{n_orders - 1} times weight_smooth = {largest:.3g}) overflow float64 "
+                "when squared; rescale time (smaller steps)")
+
+
+def _rhs_scale(lhs, rhs_flat, init_flat):
+    """A power of two ``s`` that brings ``we*rhs`` and ``wi*init`` below 2^400 (the
+    problem is linear in them: solving for ``s*rhs, s*init`` gives ``s*u``); 1 when they
+    already are."""
+    we, wi, _ = lhs.weights
+    exponent = -math.inf  # log2 of the largest weighted entry (w * |value| may overflow)
+    for weight, values in ((we, rhs_flat), (wi, init_flat)):
+        if values.size:
+            largest = float(np.max(np.abs(values)))
+            if largest > 0.0:
+                exponent = max(exponent, math.log2(weight) + math.log2(largest))
+    if exponent <= 400:
+        return 1.0
+    return 2.0 ** -math.ceil(exponent)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -273,20 +329,35 @@ def _factor_lhs(lhs):
 class SMNNFactorization:
     """The factored left-hand side of an S-MNN problem, reusable for many right-hand sides.
 
-    Obtain it from :func:`smnn_factor`. Holds the block Cholesky factor of the normal
-    matrix (``cholesky``, a :class:`~bandsolve.BlockCholesky`, batch = the left-hand-side
-    batch) and the flattened coefficients and steps needed for gradients. It is a plain
-    value: keep it as long as the coefficients and steps are unchanged, drop it otherwise.
+    Obtain it from :func:`smnn_factor`. Holds a float64 triangular factor ``L`` of the
+    normal matrix (``M = L L^T``; ``cholesky``, a :class:`~bandsolve.BlockCholesky`, batch =
+    the left-hand-side batch): the Cholesky factor of ``M``, or, for systems where that is
+    not accurate enough, ``R^T`` from a QR factorisation of the rows. Solves refine with
+    residuals formed from the rows, so they are as accurate as a backward-stable
+    least-squares solve. Also keeps the flattened coefficients and steps needed for
+    refinement and gradients. It is a plain value: keep it as long as the coefficients and
+    steps are unchanged, drop it otherwise.
     """
 
-    def __init__(self, lhs, cholesky):
+    def __init__(self, lhs, cholesky, status=None, check=True):
         self._lhs = lhs
         self.cholesky = cholesky
+        self._check_default = check
+        n_lhs = math.prod(lhs.batch_shape)
+        self._info = (np.zeros(n_lhs, dtype=np.int64) if status is None
+                      else np.asarray(status, dtype=np.int64).reshape(n_lhs))
 
     @property
     def lower(self):
-        """The block Cholesky factor ``(..., T, p+1, n, n)`` (left-hand-side batch)."""
+        """The float64 factor ``L`` ``(..., T, p+1, n, n)`` (left-hand-side batch)."""
         return self.cholesky.lower
+
+    @property
+    def status(self):
+        """Per-system status ``(...)`` int64 (left-hand-side batch): 0 for a usable factor,
+        ``t + 1`` where the system is rank deficient at time step ``t``. Non-zero only
+        with ``check=False``, which returns NaN for those systems instead of raising."""
+        return self._info.reshape(self._lhs.batch_shape).copy()
 
     @classmethod
     def from_lower(cls, lower, coefficients, steps, *, init_shape, n_steps=None,
@@ -312,7 +383,7 @@ class SMNNFactorization:
         expected = lhs.batch_shape + (T, lhs.bandwidth + 1, lhs.block_size, lhs.block_size)
         if lower.shape != expected:
             raise ValueError(f"lower must have shape {expected}; got {lower.shape}")
-        flat = _kernel_array(lower, dtype=lhs.dtype).reshape((-1,) + expected[-4:])
+        flat = _kernel_array(lower, dtype=COMPUTE_DTYPE).reshape((-1,) + expected[-4:])
         return cls(lhs, BlockCholesky(flat, lhs.batch_shape))
 
     @property
@@ -353,33 +424,93 @@ class SMNNFactorization:
                                   init=init.shape[:-3])
         return rhs, init, batch
 
-    def _solve(self, rhs, init, batch):
-        x, lhs_index, rhs_flat, rhs_index = self._lhs.assemble_rhs(rhs, init, batch)
-        self.cholesky.solve_flat_in_place(x, lhs_index)
-        return x, (lhs_index, rhs_flat, rhs_index)
+    def _solve(self, rhs, init, batch, check=True):
+        """``x`` ``(B, T, n)`` float64 (NaN for failed systems) and its per-system status."""
+        lhs = self._lhs
+        rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
+        scale = _rhs_scale(lhs, rhs_flat, init_flat)
+        if scale != 1.0:
+            rhs_flat, init_flat = rhs_flat * scale, init_flat * scale
+        x = np.empty((lhs_index.size, lhs.n_steps, lhs.block_size), dtype=COMPUTE_DTYPE)
+        status = self._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index, x)
+        if scale != 1.0:
+            x /= scale
+            status = self._overflowed(x, status)
+        if check:
+            _raise_if_failed(status, batch)
+        return x, status
+
+    @staticmethod
+    def _overflowed(x, status):
+        bad = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1) & (status == 0)
+        if bad.any():
+            raise ValueError("the solution overflows float64: rhs/init are too large for "
+                             "this system; rescale them")
+        return status
+
+    def _refined(self, rhs_flat, rhs_index, init_flat, init_index, lhs_index, x,
+                 extra=None):
+        """Solve (``extra`` None: the least-squares problem of rhs/init; else ``M y =
+        extra``) into x with refinement; systems whose refinement does not converge with
+        a Cholesky factor get the row QR factor and are solved again. Returns the status
+        ``(B,)``: 0, the left-hand side's failure code, or -1 (not converged)."""
+        lhs = self._lhs
+        lower = self.cholesky._lower
+        with_beta = extra is None
+        extra_array = np.zeros((1, 1, 1)) if with_beta else extra
+        status = np.zeros(x.shape[0], dtype=np.int64)
+        refined_solve_kernel.for_batch(*x.shape[:2])(
+            lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, init_flat,
+            init_index, *lhs.kernel_scalars(), with_beta, extra_array, lower, x, status)
+        lhs_failed = self._info[lhs_index] != 0
+        retry = np.flatnonzero((status != 0) & ~lhs_failed)
+        if retry.size:
+            which = np.unique(lhs_index[retry])
+            info = np.zeros(which.size, dtype=np.int64)
+            qr_factor_kernel.for_batch(which.size, lhs.n_steps)(
+                lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, which, info)
+            self._info[which] = info
+            again = np.zeros(retry.size, dtype=np.int64)
+            sub_x = np.empty((retry.size,) + x.shape[1:], dtype=COMPUTE_DTYPE)
+            sub_extra = extra_array if with_beta else np.ascontiguousarray(extra[retry])
+            refined_solve_kernel.for_batch(*sub_x.shape[:2])(
+                lhs.coefficients, lhs.steps, lhs_index[retry], rhs_flat, rhs_index[retry],
+                init_flat, init_index[retry], *lhs.kernel_scalars(), with_beta, sub_extra,
+                lower, sub_x, again)
+            x[retry] = sub_x
+            status[retry] = again
+            lhs_failed = self._info[lhs_index] != 0
+        status[lhs_failed] = self._info[lhs_index[lhs_failed]]
+        x[status != 0] = np.nan
+        return status
 
     def _shape_u(self, x, batch):
         lhs = self._lhs
-        return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders))
+        return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)).astype(
+            lhs.dtype, copy=False)
 
-    def solve(self, rhs, init):
+    def solve(self, rhs, init, *, check=None):
         """Solve for new ``rhs`` ``(..., T or 1, E)`` and ``init`` ``(..., Ti, D, Oi)``.
 
         Their batch axes broadcast against the factorisation's. Returns ``u``
-        ``(..., T, D, O)``.
+        ``(..., T, D, O)``. ``check=False``: NaN in the slices of failed systems instead of
+        ``FactorizationError`` (default: the policy this factorisation was made with).
         """
         rhs, init, batch = self._check(rhs, init)
-        x, _ = self._solve(rhs, init, batch)
+        x, _ = self._solve(rhs, init, batch, check=self._policy(check))
         return self._shape_u(x, batch)
 
-    def solve_vjp(self, rhs, init):
+    def solve_vjp(self, rhs, init, *, check=None):
         """Like :meth:`solve`, and also return ``vjp(ubar) -> (coefficients_bar, rhs_bar,
         init_bar, steps_bar)``, each the shape of its input, reusing this factorisation."""
         rhs, init, batch = self._check(rhs, init)
-        return self._solve_vjp(rhs, init, batch)
+        return self._solve_vjp(rhs, init, batch, self._policy(check))
 
-    def _solve_vjp(self, rhs, init, batch):
-        x, _ = self._solve(rhs, init, batch)
+    def _policy(self, check):
+        return self._check_default if check is None else _host_check(check)
+
+    def _solve_vjp(self, rhs, init, batch, check=True):
+        x, _ = self._solve(rhs, init, batch, check=check)
         return self._shape_u(x, batch), lambda ubar: self._backward(rhs, init, batch, x, ubar)
 
     def backward(self, rhs, init, u, ubar):
@@ -397,7 +528,7 @@ class SMNNFactorization:
         u = _prepare("u", u)
         if u.shape != u_shape:
             raise ValueError(f"u must have shape {u_shape}; got {u.shape}")
-        x = _kernel_array(u, dtype=lhs.dtype).reshape(-1, lhs.n_steps, lhs.block_size)
+        x = _kernel_array(u, dtype=COMPUTE_DTYPE).reshape(-1, lhs.n_steps, lhs.block_size)
         return self._backward(rhs, init, batch, x, ubar)
 
     def _backward(self, rhs, init, batch, x, ubar):
@@ -410,9 +541,16 @@ class SMNNFactorization:
         except ValueError:
             raise ValueError(f"ubar must have the shape of u, {u_shape}; "
                              f"got {ubar.shape}") from None
-        y = np.array(ubar, dtype=lhs.dtype, order="C").reshape(x.shape)
-        rhs_flat, rhs_index, _, _, lhs_index = lhs.flat_rhs(rhs, init, batch)
-        self.cholesky.solve_flat_in_place(y, lhs_index)
+        ubar = np.array(ubar, dtype=COMPUTE_DTYPE, order="C").reshape(x.shape)
+        rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
+        # y = M^{-1} ubar, refined like the forward solve (residual ubar - A^T A y)
+        y = np.empty_like(ubar)
+        status = self._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index, y,
+                               extra=ubar)
+        forward_failed = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+        if (status[~forward_failed] != 0).any():
+            _raise_if_failed(np.where(forward_failed, 0, status), batch)
+        y[forward_failed] = np.nan  # check=False: NaN gradients for the failed systems
         return self._gradients(x, y, batch, lhs_index, rhs_flat, rhs_index,
                                rhs.shape, init.shape)
 
@@ -420,9 +558,9 @@ class SMNNFactorization:
         lhs = self._lhs
         B = x.shape[0]
         we, wi, ws = lhs.weights
-        coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=lhs.dtype)
-        rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=lhs.dtype)
-        steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=lhs.dtype)
+        coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=COMPUTE_DTYPE)
+        rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=COMPUTE_DTYPE)
+        steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=COMPUTE_DTYPE)
         gradient_kernel.for_batch(*x.shape[:2])(
             lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y, lhs.n_orders,
             we * we, ws * ws, lhs.central, coefficients_bar, rhs_bar, steps_bar)
@@ -435,15 +573,17 @@ class SMNNFactorization:
             init_bar = np.zeros(init_shape, dtype=lhs.dtype)
         coefficients_bar = coefficients_bar.reshape(
             batch + lhs.coefficients_shape[-4:])
-        return (v.sum_to_shape(coefficients_bar, lhs.coefficients_shape),
-                v.sum_to_shape(rhs_bar.reshape(batch + rhs_shape[-2:]), rhs_shape),
-                init_bar,
-                v.sum_to_shape(steps_bar.reshape(batch + lhs.steps_shape[-1:]), lhs.steps_shape))
+        grads = (v.sum_to_shape(coefficients_bar, lhs.coefficients_shape),
+                 v.sum_to_shape(rhs_bar.reshape(batch + rhs_shape[-2:]), rhs_shape),
+                 init_bar,
+                 v.sum_to_shape(steps_bar.reshape(batch + lhs.steps_shape[-1:]),
+                                lhs.steps_shape))
+        return tuple(g.astype(lhs.dtype, copy=False) for g in grads)
 
 
 def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equation=1.0,
                 weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-                check=False, algorithm="auto"):
+                check=None, algorithm="auto"):
     """Factor the S-MNN normal matrix once, for reuse with many right-hand sides.
 
     Parameters
@@ -453,13 +593,17 @@ def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equatio
     init_shape : ``(Ti, Oi)``, which entries carry initial values (``t < Ti``, ``o < Oi``);
         part of the left-hand side because they add ``weight_init**2`` to its diagonal.
     n_steps : ``T``, needed only when neither input carries it.
-    stream, check, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
-        stream to run on (default: CuPy's current stream for CuPy inputs). ``check=True``
-        also checks the input values and the factorisation status, which synchronises the
-        device; by default a failed system's result is NaN and the failure is reported by
-        ``smnn_factor(...).status``. ``algorithm``: ``"auto"``, ``"thread"`` (a thread per
-        system), ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in
-        time).
+    check : failure policy, the same keyword on both backends. ``True``: a system that
+        cannot be solved (rank deficient, or refinement that does not converge) raises
+        ``FactorizationError`` naming its batch index and time step (on the device this
+        also checks the input values, which synchronises it). ``False``: NaN in that
+        system's slice only, the others are solved, and ``smnn_factor(...).status`` says
+        which failed. Default ``None``: ``True`` for host inputs, ``False`` for device
+        inputs (no hidden synchronisation).
+    stream, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
+        stream to run on (default: CuPy's current stream for CuPy inputs).
+        ``algorithm``: ``"auto"``, ``"thread"`` (a thread per system), ``"block"`` (a
+        thread block per system) or ``"partitioned"`` (parallel in time).
 
     Returns an :class:`SMNNFactorization` (a ``bandsolve.gpu.DeviceSMNNFactorization``,
     with a per-system ``.status``, for device inputs); ``.solve(rhs, init)`` equals
@@ -480,12 +624,12 @@ def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equatio
     dtype = _common_dtype(coefficients, steps)
     return _factor(coefficients.astype(dtype, copy=False), steps.astype(dtype, copy=False),
                    T, _check_init_shape(init_shape, coefficients, T), weights,
-                   central_smoothness)
+                   central_smoothness, check=_host_check(check))
 
 
 def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
                weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-               check=False, algorithm="auto"):
+               check=None, algorithm="auto"):
     """Solve the S-MNN least-squares problem (DESIGN.md section 1).
 
     Parameters
@@ -499,13 +643,17 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
     n_steps : ``T``, needed only when no input carries it.
     weight_equation, weight_init, weight_smooth : positive row weights.
     central_smoothness : add central rows (needs ``O >= 3``; block-pentadiagonal system).
-    stream, check, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
-        stream to run on (default: CuPy's current stream for CuPy inputs). ``check=True``
-        also checks the input values and the factorisation status, which synchronises the
-        device; by default a failed system's result is NaN and the failure is reported by
-        ``smnn_factor(...).status``. ``algorithm``: ``"auto"``, ``"thread"`` (a thread per
-        system), ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in
-        time).
+    check : failure policy, the same keyword on both backends. ``True``: a system that
+        cannot be solved (rank deficient, or refinement that does not converge) raises
+        ``FactorizationError`` naming its batch index and time step (on the device this
+        also checks the input values, which synchronises it). ``False``: NaN in that
+        system's slice only, the others are solved, and ``smnn_factor(...).status`` says
+        which failed. Default ``None``: ``True`` for host inputs, ``False`` for device
+        inputs (no hidden synchronisation).
+    stream, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
+        stream to run on (default: CuPy's current stream for CuPy inputs).
+        ``algorithm``: ``"auto"``, ``"thread"`` (a thread per system), ``"block"`` (a
+        thread block per system) or ``"partitioned"`` (parallel in time).
 
     Leading batch axes broadcast by NumPy rules; the left-hand side is factored once per
     distinct (coefficients, steps) batch element. float32 or float64.
@@ -527,13 +675,13 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
                             stream=stream, check=check, algorithm=algorithm, with_vjp=False)
     _host_options(stream, algorithm)
     u, _, _ = _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation,
-                          weight_init, weight_smooth, central_smoothness)
+                          weight_init, weight_smooth, central_smoothness, _host_check(check))
     return u
 
 
 def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
                    weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-                   check=False, algorithm="auto"):
+                   check=None, algorithm="auto"):
     """:func:`smnn_solve` plus its vector-Jacobian product.
 
     Returns ``(u, vjp)``; ``vjp(ubar)`` with ``ubar`` ``(..., T, D, O)`` returns
@@ -549,13 +697,13 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
     _host_options(stream, algorithm)
     u, factorization, backward = _solve_full(
         coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
-        weight_smooth, central_smoothness)
+        weight_smooth, central_smoothness, _host_check(check))
     return u, backward
 
 
 def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
                       weight_init=1.0, weight_smooth=1.0, central_smoothness=False,
-                      stream=None, check=False, algorithm="auto"):
+                      stream=None, check=None, algorithm="auto"):
     """:func:`smnn_solve` that also returns the :class:`SMNNFactorization` it built.
 
     Returns ``(u, factorization)``: ``factorization.lower`` is the factor to keep as an
@@ -581,7 +729,7 @@ def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_eq
     _host_options(stream, algorithm)
     u, factorization, _ = _solve_full(coefficients, rhs, init, steps, n_steps,
                                       weight_equation, weight_init, weight_smooth,
-                                      central_smoothness)
+                                      central_smoothness, _host_check(check))
     return u, factorization
 
 
@@ -598,28 +746,40 @@ def _host_problem(coefficients, rhs, init, steps, n_steps, weight_equation, weig
     return lhs, rhs, init, batch
 
 
+def _host_check(check):
+    """The host's failure policy: ``check=None`` (the default) raises."""
+    if check is None:
+        return True
+    if not isinstance(check, (bool, np.bool_)):
+        raise TypeError(f"check must be True, False or None; got {check!r}")
+    return bool(check)
+
+
 def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
-                weight_smooth, central_smoothness):
+                weight_smooth, central_smoothness, check=True):
     """Validate, factor and solve on the host: ``(u, factorization, vjp)``."""
     lhs, rhs, init, batch = _host_problem(
         coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
         weight_smooth, central_smoothness)
+    _check_magnitudes(lhs)
     T = lhs.n_steps
-    if batch == lhs.batch_shape:
-        # one right-hand side per left-hand side: factor and solve each system in one
-        # pass while its factor is still in cache
-        rhs_flat, rhs_index, init_flat, init_index, _ = lhs.flat_rhs(rhs, init, batch)
+    rhs_flat, rhs_index, init_flat, init_index, _ = lhs.flat_rhs(rhs, init, batch)
+    if batch == lhs.batch_shape and _rhs_scale(lhs, rhs_flat, init_flat) == 1.0:
+        # one right-hand side per left-hand side: factor, solve and refine each system in
+        # one pass while its factor is still in cache
         lower = lhs.empty_blocks()
         info = np.zeros(lower.shape[0], dtype=np.int64)
-        x = np.empty((lower.shape[0], T, lhs.block_size), dtype=lhs.dtype)
-        factor_and_solve_kernel.for_batch(*lower.shape[:2])(
+        x = np.empty((lower.shape[0], T, lhs.block_size), dtype=COMPUTE_DTYPE)
+        accurate_factor_solve_kernel.for_batch(*lower.shape[:2])(
             lhs.coefficients, lhs.steps, rhs_flat, rhs_index, init_flat, init_index,
             *lhs.kernel_scalars(), lower, info, x)
-        raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
-        factorization = SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
+        if check:
+            _raise_if_failed(info, lhs.batch_shape)
+        factorization = SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape),
+                                          np.maximum(info, 0), check)
     else:
-        factorization = _factor_lhs(lhs)
-        x, _ = factorization._solve(rhs, init, batch)
+        factorization = _factor_lhs(lhs, check)
+        x, _ = factorization._solve(rhs, init, batch, check)
     u = factorization._shape_u(x, batch)
     return u, factorization, lambda ubar: factorization._backward(rhs, init, batch, x, ubar)
 
@@ -642,6 +802,9 @@ def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
     blocks = lhs.empty_blocks()
     assemble_kernel.for_batch(*blocks.shape[:2])(
         lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), blocks)
-    matrix = BlockBanded(blocks.reshape(lhs.batch_shape + blocks.shape[1:]))
+    # assembled in float64 like the solve; returned in the inputs' dtype
+    matrix = BlockBanded(blocks.reshape(lhs.batch_shape + blocks.shape[1:]).astype(
+        lhs.dtype, copy=False))
     b, *_ = lhs.assemble_rhs(rhs, init, batch)
-    return matrix, b.reshape(batch + (lhs.n_steps, lhs.block_size))
+    return matrix, b.reshape(batch + (lhs.n_steps, lhs.block_size)).astype(lhs.dtype,
+                                                                          copy=False)

@@ -1,0 +1,1 @@
+"""Numba-compilable helpers shared by the CPU and the CUDA kernels."""
