@@ -34,7 +34,7 @@ def from_lower(lower, coefficients, steps, *, init_shape, **options):
 
 def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
                       weight_init=1.0, weight_smooth=1.0, central_smoothness=False,
-                      stream=None, check=False, algorithm="auto"):
+                      stream=None, check=None, algorithm="auto"):
     """:func:`bandsolve.smnn_solve` that also returns the :class:`SMNNFactorization` it built.
 
     Returns ``(u, factorization)``: ``factorization.lower`` is the factor to keep as an
@@ -53,5 +53,5 @@ def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_eq
     u, factorization, _ = host.solve(coefficients, rhs, init, steps, n_steps=n_steps,
                                      weight_equation=weight_equation, weight_init=weight_init,
                                      weight_smooth=weight_smooth,
-                                     central_smoothness=central_smoothness)
+                                     central_smoothness=central_smoothness, check=check)
     return u, factorization

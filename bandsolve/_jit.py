@@ -61,3 +61,13 @@ class BatchKernel:
 def jit_kernel(func):
     """Compile a batch kernel whose outer loop is a ``numba.prange`` over systems."""
     return BatchKernel(func)
+
+
+def jit_routine(func):
+    """Compile a per-system routine (a whole sweep, called once per system) for the CPU.
+
+    Not inlined: the routine is large and called once per system, so a call boundary costs
+    nothing measurable, while inlining it into every kernel would multiply compile time.
+    ``.py_func`` stays reachable for the CUDA backend, as for :func:`jit_helper`.
+    """
+    return numba.njit(**JIT_OPTIONS)(func)

@@ -18,7 +18,7 @@ __all__ = ["SMNNFactorization", "smnn_factor", "smnn_normal_equations", "smnn_so
 
 def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equation=1.0,
                 weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-                check=False, algorithm="auto"):
+                check=None, algorithm="auto"):
     """Factor the S-MNN normal matrix once, for reuse with many right-hand sides.
 
     Parameters
@@ -28,13 +28,17 @@ def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equatio
     init_shape : ``(Ti, Oi)``, which entries carry initial values (``t < Ti``, ``o < Oi``);
         part of the left-hand side because they add ``weight_init**2`` to its diagonal.
     n_steps : ``T``, needed only when neither input carries it.
-    stream, check, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
-        stream to run on (default: CuPy's current stream for CuPy inputs). ``check=True``
-        also checks the input values and the factorisation status, which synchronises the
-        device; by default a failed system's result is NaN and the failure is reported by
-        ``smnn_factor(...).status``. ``algorithm``: ``"auto"``, ``"thread"`` (a thread per
-        system), ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in
-        time).
+    check : the failure policy, one keyword on both backends. ``True``: a system that
+        cannot be solved (rank deficient to working precision, or refinement that does
+        not converge) raises ``FactorizationError`` naming its batch index and time step
+        (on the device this also checks the input values, which synchronises it).
+        ``False``: NaN in that system's slice only, the others are solved, and
+        ``smnn_factor(...).status`` says which failed. Default ``None``: ``True`` for host
+        inputs, ``False`` for device inputs (no hidden synchronisation).
+    stream, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
+        stream to run on (default: CuPy's current stream for CuPy inputs).
+        ``algorithm``: ``"auto"``, ``"thread"`` (a thread per system), ``"block"`` (a
+        thread block per system) or ``"partitioned"`` (parallel in time).
 
     Returns an :class:`SMNNFactorization` (a ``bandsolve.gpu.DeviceSMNNFactorization``,
     with a per-system ``.status``, for device inputs); ``.solve(rhs, init)`` equals
@@ -50,12 +54,13 @@ def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equatio
     _backend.host_options(stream, algorithm)
     return host.factor(coefficients, steps, init_shape=init_shape, n_steps=n_steps,
                        weight_equation=weight_equation, weight_init=weight_init,
-                       weight_smooth=weight_smooth, central_smoothness=central_smoothness)
+                       weight_smooth=weight_smooth, central_smoothness=central_smoothness,
+                       check=check)
 
 
 def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
                weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-               check=False, algorithm="auto"):
+               check=None, algorithm="auto"):
     """Solve the S-MNN least-squares problem (``docs/design.md``, section 1).
 
     Parameters
@@ -69,13 +74,17 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
     n_steps : ``T``, needed only when no input carries it.
     weight_equation, weight_init, weight_smooth : positive row weights.
     central_smoothness : add central rows (needs ``O >= 3``; block-pentadiagonal system).
-    stream, check, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
-        stream to run on (default: CuPy's current stream for CuPy inputs). ``check=True``
-        also checks the input values and the factorisation status, which synchronises the
-        device; by default a failed system's result is NaN and the failure is reported by
-        ``smnn_factor(...).status``. ``algorithm``: ``"auto"``, ``"thread"`` (a thread per
-        system), ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in
-        time).
+    check : the failure policy, one keyword on both backends. ``True``: a system that
+        cannot be solved (rank deficient to working precision, or refinement that does
+        not converge) raises ``FactorizationError`` naming its batch index and time step
+        (on the device this also checks the input values, which synchronises it).
+        ``False``: NaN in that system's slice only, the others are solved, and
+        ``smnn_factor(...).status`` says which failed. Default ``None``: ``True`` for host
+        inputs, ``False`` for device inputs (no hidden synchronisation).
+    stream, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
+        stream to run on (default: CuPy's current stream for CuPy inputs).
+        ``algorithm``: ``"auto"``, ``"thread"`` (a thread per system), ``"block"`` (a
+        thread block per system) or ``"partitioned"`` (parallel in time).
 
     Leading batch axes broadcast by NumPy rules; the left-hand side is factored once per
     distinct (coefficients, steps) batch element. float32 or float64.
@@ -98,13 +107,14 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
     _backend.host_options(stream, algorithm)
     u, _, _ = host.solve(coefficients, rhs, init, steps, n_steps=n_steps,
                          weight_equation=weight_equation, weight_init=weight_init,
-                         weight_smooth=weight_smooth, central_smoothness=central_smoothness)
+                         weight_smooth=weight_smooth, central_smoothness=central_smoothness,
+                         check=check)
     return u
 
 
 def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
                    weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-                   check=False, algorithm="auto"):
+                   check=None, algorithm="auto"):
     """:func:`smnn_solve` plus its vector-Jacobian product.
 
     Returns ``(u, vjp)``; ``vjp(ubar)`` with ``ubar`` ``(..., T, D, O)`` returns
@@ -121,7 +131,7 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
     u, _, backward = host.solve(coefficients, rhs, init, steps, n_steps=n_steps,
                                 weight_equation=weight_equation, weight_init=weight_init,
                                 weight_smooth=weight_smooth,
-                                central_smoothness=central_smoothness)
+                                central_smoothness=central_smoothness, check=check)
     return u, backward
 
 

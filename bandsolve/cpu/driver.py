@@ -17,13 +17,27 @@ from .. import _problem
 from .. import _validation as v
 from ..banded import BlockBanded, BlockCholesky
 from ..errors import raise_if_failed
-from .smnn import (
-    assemble_and_factor_kernel,
-    assemble_kernel,
-    assemble_rhs_kernel,
-    factor_and_solve_kernel,
-    gradient_kernel,
+from .accurate import (
+    accurate_factor_kernel,
+    accurate_factor_solve_kernel,
+    qr_factor_kernel,
+    refined_solve_kernel,
 )
+from .smnn import assemble_kernel, assemble_rhs_kernel, gradient_kernel
+
+# The host computes in float64 whatever the inputs' dtype: the normal equations square
+# the condition number, and float32 rows cannot hold the accuracy a user expects
+# (results are returned in the inputs' dtype).
+COMPUTE_DTYPE = np.dtype(np.float64)
+_SMNN_HINT = ("For an S-MNN problem this means the rows do not pin the solution down: too "
+              "few initial values or coefficients (e.g. all-zero coefficients with no "
+              "initial value leave a polynomial free); or the problem is singular to "
+              "working precision: cond(A) beyond ~1e12 (many derivative orders with tiny "
+              "steps: the Taylor rows weigh order o by h^o; bandsolve already computes in "
+              "float64 whatever the inputs' dtype, so use larger steps or fewer orders), "
+              "or coefficients so large that their squares overflow (rescale the "
+              "equations).")
+
 
 
 def _kernel_array(array, dtype=None):
@@ -53,15 +67,15 @@ class _LeftHandSide:
         self.n_init_steps, self.n_init_orders = problem.init_shape
         self.weights = problem.weights
         self.central = problem.central
-        self.dtype = problem.dtype
+        self.dtype = problem.dtype  # the inputs' (and results') dtype
         self.batch_shape = problem.lhs_batch
         n_lhs = math.prod(self.batch_shape)
         self.coefficients = _kernel_array(
             np.broadcast_to(coefficients, self.batch_shape + coefficients.shape[-4:]),
-            dtype=self.dtype,
+            dtype=COMPUTE_DTYPE,
         ).reshape(n_lhs, coefficients.shape[-4], self.n_equations, self.block_size)
         self.steps = _kernel_array(
-            np.broadcast_to(steps, self.batch_shape + steps.shape[-1:]), dtype=self.dtype
+            np.broadcast_to(steps, self.batch_shape + steps.shape[-1:]), dtype=COMPUTE_DTYPE
         ).reshape(n_lhs, steps.shape[-1])
 
     @property
@@ -69,19 +83,22 @@ class _LeftHandSide:
         return 2 if self.central else 1
 
     def kernel_scalars(self):
-        return self.problem.kernel_scalars()
+        """The kernels' scalars with the squared weights as float64 (the host computes
+        in float64)."""
+        O, Ti, Oi, we2, wi2, ws2, central = self.problem.kernel_scalars()
+        return O, Ti, Oi, float(we2), float(wi2), float(ws2), central
 
     def flat_rhs(self, rhs, init, batch):
         """Right-hand-side inputs flattened for the kernels, with their index maps over
         the full batch ``batch``: ``(rhs_flat, rhs_index, init_flat, init_index, lhs_index)``."""
-        rhs_flat = _kernel_array(rhs).reshape((-1,) + rhs.shape[-2:])
+        rhs_flat = _kernel_array(rhs, COMPUTE_DTYPE).reshape((-1,) + rhs.shape[-2:])
         lhs_index = v.flat_batch_index(self.batch_shape, batch)
         rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
         if init.size:
-            init_flat = _kernel_array(init).reshape((-1,) + init.shape[-3:])
+            init_flat = _kernel_array(init, COMPUTE_DTYPE).reshape((-1,) + init.shape[-3:])
             init_index = v.flat_batch_index(init.shape[:-3], batch)
         else:  # no initial values: one empty row that every system points to
-            init_flat = np.zeros((1, 0, self.n_dims, 0), dtype=self.dtype)
+            init_flat = np.zeros((1, 0, self.n_dims, 0), dtype=COMPUTE_DTYPE)
             init_index = np.zeros_like(lhs_index)
         return rhs_flat, rhs_index, init_flat, init_index, lhs_index
 
@@ -89,17 +106,16 @@ class _LeftHandSide:
         """``b`` ``(B, T, n)`` for the full batch ``batch``, and the flat rhs with the index
         maps that the gradient kernel needs: ``(b, lhs_index, rhs_flat, rhs_index)``."""
         rhs_flat, rhs_index, init_flat, init_index, lhs_index = self.flat_rhs(rhs, init, batch)
-        b = np.empty((lhs_index.size, self.n_steps, self.block_size), dtype=self.dtype)
+        b = np.empty((lhs_index.size, self.n_steps, self.block_size), dtype=COMPUTE_DTYPE)
         we, wi, _ = self.weights
-        scalar = self.dtype.type
         assemble_rhs_kernel.for_batch(*b.shape[:2])(
             self.coefficients, lhs_index, rhs_flat, rhs_index, init_flat, init_index,
-            self.n_orders, scalar(we * we), scalar(wi * wi), b)
+            self.n_orders, float(we * we), float(wi * wi), b)
         return b, lhs_index, rhs_flat, rhs_index
 
     def empty_blocks(self):
         return np.empty((self.coefficients.shape[0], self.n_steps, self.bandwidth + 1,
-                         self.block_size, self.block_size), dtype=self.dtype)
+                         self.block_size, self.block_size), dtype=COMPUTE_DTYPE)
 
 
 
@@ -120,43 +136,105 @@ def _host_values(name, value):
     return array
 
 
-def factor(coefficients, steps, *, init_shape, **options):
+def factor(coefficients, steps, *, init_shape, check=None, **options):
     """Host ``smnn_factor``: check, flatten and factor; returns an
     :class:`SMNNFactorization`. ``options``: ``n_steps``, the weights,
-    ``central_smoothness``."""
+    ``central_smoothness``; ``check`` the failure policy (default: raise)."""
     arrays = _problem.host_inputs(coefficients=coefficients, steps=steps)
     problem = _problem.describe_lhs(**arrays, init_shape=init_shape, **options)
     _problem.check_values(**arrays)
-    return _factor_lhs(_LeftHandSide(problem, arrays["coefficients"], arrays["steps"]))
+    lhs = _LeftHandSide(problem, arrays["coefficients"], arrays["steps"])
+    _check_magnitudes(lhs)
+    return _factor_lhs(lhs, host_check(check))
 
 
-def _factor_lhs(lhs):
+def _factor_lhs(lhs, check=True):
     lower = lhs.empty_blocks()
     info = np.zeros(lower.shape[0], dtype=np.int64)
-    assemble_and_factor_kernel.for_batch(*lower.shape[:2])(
+    accurate_factor_kernel.for_batch(*lower.shape[:2])(
         lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
-    raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
-    return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
+    if check:
+        _raise_if_failed(info, lhs.batch_shape)
+    return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape), info, check)
+
+
+def _raise_if_failed(status, batch_shape):
+    raise_if_failed(status, batch_shape, what="S-MNN normal matrix", hint=_SMNN_HINT)
+
+
+def _check_magnitudes(lhs):
+    """``ValueError`` naming the input whose normal-equation terms (squares of the rows'
+    entries) would overflow float64: rows of that size cannot be rescaled without losing
+    the others, so they are rejected rather than turned into NaN."""
+    limit = 1e150  # squared and summed over a block: still far below float64's 1.8e308
+    we, wi, ws = lhs.weights
+    n_orders = lhs.n_orders
+    # (coefficients that large make only their own systems fail: FactorizationError)
+    for name, weight in (("weight_equation", we), ("weight_init", wi),
+                         ("weight_smooth", ws)):
+        if weight > limit:
+            raise ValueError(f"{name} is {weight:.3g}: its square overflows in the normal "
+                             "equations; use a smaller weight")
+    if lhs.steps.size and n_orders > 1:
+        largest = ws * max(1.0, float(np.max(lhs.steps))) ** (n_orders - 1)
+        if largest > limit:
+            raise ValueError(
+                f"steps reach {float(np.max(lhs.steps)):.3g}: the Taylor rows' entries "
+                f"(h^{n_orders - 1} times weight_smooth = {largest:.3g}) overflow float64 "
+                "when squared; rescale time (smaller steps)")
+
+
+def _rhs_scale(lhs, rhs_flat, init_flat):
+    """A power of two ``s`` that brings ``we*rhs`` and ``wi*init`` below 2^400 (the
+    problem is linear in them: solving for ``s*rhs, s*init`` gives ``s*u``); 1 when they
+    already are."""
+    we, wi, _ = lhs.weights
+    exponent = -math.inf  # log2 of the largest weighted entry (w * |value| may overflow)
+    for weight, values in ((we, rhs_flat), (wi, init_flat)):
+        if values.size:
+            largest = float(np.max(np.abs(values)))
+            if largest > 0.0:
+                exponent = max(exponent, math.log2(weight) + math.log2(largest))
+    if exponent <= 400:
+        return 1.0
+    return 2.0 ** -math.ceil(exponent)
+
+
 
 
 
 class SMNNFactorization:
     """The factored left-hand side of an S-MNN problem, reusable for many right-hand sides.
 
-    Obtain it from :func:`smnn_factor`. Holds the block Cholesky factor of the normal
-    matrix (``cholesky``, a :class:`~bandsolve.BlockCholesky`, batch = the left-hand-side
-    batch) and the flattened coefficients and steps needed for gradients. It is a plain
-    value: keep it as long as the coefficients and steps are unchanged, drop it otherwise.
+    Obtain it from :func:`smnn_factor`. Holds a float64 triangular factor ``L`` of the
+    normal matrix (``M = L L^T``; ``cholesky``, a :class:`~bandsolve.BlockCholesky`, batch =
+    the left-hand-side batch): the Cholesky factor of ``M``, or, for systems where that is
+    not accurate enough, ``R^T`` from a QR factorisation of the rows. Solves refine with
+    residuals formed from the rows, so they are as accurate as a backward-stable
+    least-squares solve. Also keeps the flattened coefficients and steps needed for
+    refinement and gradients. It is a plain value: keep it as long as the coefficients and
+    steps are unchanged, drop it otherwise.
     """
 
-    def __init__(self, lhs, cholesky):
+    def __init__(self, lhs, cholesky, status=None, check=True):
         self._lhs = lhs
         self.cholesky = cholesky
+        self._check_default = check
+        n_lhs = math.prod(lhs.batch_shape)
+        self._info = (np.zeros(n_lhs, dtype=np.int64) if status is None
+                      else np.asarray(status, dtype=np.int64).reshape(n_lhs))
 
     @property
     def lower(self):
-        """The block Cholesky factor ``(..., T, p+1, n, n)`` (left-hand-side batch)."""
+        """The float64 factor ``L`` ``(..., T, p+1, n, n)`` (left-hand-side batch)."""
         return self.cholesky.lower
+
+    @property
+    def status(self):
+        """Per-system status ``(...)`` int64 (left-hand-side batch): 0 for a usable factor,
+        ``t + 1`` where the system is rank deficient at time step ``t``. Non-zero only
+        with ``check=False``, which returns NaN for those systems instead of raising."""
+        return self._info.reshape(self._lhs.batch_shape).copy()
 
     @classmethod
     def from_lower(cls, lower, coefficients, steps, *, init_shape, n_steps=None,
@@ -184,7 +262,7 @@ class SMNNFactorization:
         expected = lhs.batch_shape + (T, lhs.bandwidth + 1, lhs.block_size, lhs.block_size)
         if lower.shape != expected:
             raise ValueError(f"lower must have shape {expected}; got {lower.shape}")
-        flat = _kernel_array(lower, dtype=lhs.dtype).reshape((-1,) + expected[-4:])
+        flat = _kernel_array(lower, dtype=COMPUTE_DTYPE).reshape((-1,) + expected[-4:])
         return cls(lhs, BlockCholesky(flat, lhs.batch_shape))
 
     @property
@@ -213,33 +291,93 @@ class SMNNFactorization:
         _problem.check_values(**arrays)
         return arrays["rhs"], arrays["init"], problem.batch
 
-    def _solve(self, rhs, init, batch):
-        x, lhs_index, rhs_flat, rhs_index = self._lhs.assemble_rhs(rhs, init, batch)
-        self.cholesky.solve_flat_in_place(x, lhs_index)
-        return x, (lhs_index, rhs_flat, rhs_index)
+    def _solve(self, rhs, init, batch, check=True):
+        """``x`` ``(B, T, n)`` float64 (NaN for failed systems) and its per-system status."""
+        lhs = self._lhs
+        rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
+        scale = _rhs_scale(lhs, rhs_flat, init_flat)
+        if scale != 1.0:
+            rhs_flat, init_flat = rhs_flat * scale, init_flat * scale
+        x = np.empty((lhs_index.size, lhs.n_steps, lhs.block_size), dtype=COMPUTE_DTYPE)
+        status = self._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index, x)
+        if scale != 1.0:
+            x /= scale
+            status = self._overflowed(x, status)
+        if check:
+            _raise_if_failed(status, batch)
+        return x, status
+
+    @staticmethod
+    def _overflowed(x, status):
+        bad = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1) & (status == 0)
+        if bad.any():
+            raise ValueError("the solution overflows float64: rhs/init are too large for "
+                             "this system; rescale them")
+        return status
+
+    def _refined(self, rhs_flat, rhs_index, init_flat, init_index, lhs_index, x,
+                 extra=None):
+        """Solve (``extra`` None: the least-squares problem of rhs/init; else ``M y =
+        extra``) into x with refinement; systems whose refinement does not converge with
+        a Cholesky factor get the row QR factor and are solved again. Returns the status
+        ``(B,)``: 0, the left-hand side's failure code, or -1 (not converged)."""
+        lhs = self._lhs
+        lower = self.cholesky._lower
+        with_beta = extra is None
+        extra_array = np.zeros((1, 1, 1)) if with_beta else extra
+        status = np.zeros(x.shape[0], dtype=np.int64)
+        refined_solve_kernel.for_batch(*x.shape[:2])(
+            lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, init_flat,
+            init_index, *lhs.kernel_scalars(), with_beta, extra_array, lower, x, status)
+        lhs_failed = self._info[lhs_index] != 0
+        retry = np.flatnonzero((status != 0) & ~lhs_failed)
+        if retry.size:
+            which = np.unique(lhs_index[retry])
+            info = np.zeros(which.size, dtype=np.int64)
+            qr_factor_kernel.for_batch(which.size, lhs.n_steps)(
+                lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, which, info)
+            self._info[which] = info
+            again = np.zeros(retry.size, dtype=np.int64)
+            sub_x = np.empty((retry.size,) + x.shape[1:], dtype=COMPUTE_DTYPE)
+            sub_extra = extra_array if with_beta else np.ascontiguousarray(extra[retry])
+            refined_solve_kernel.for_batch(*sub_x.shape[:2])(
+                lhs.coefficients, lhs.steps, lhs_index[retry], rhs_flat, rhs_index[retry],
+                init_flat, init_index[retry], *lhs.kernel_scalars(), with_beta, sub_extra,
+                lower, sub_x, again)
+            x[retry] = sub_x
+            status[retry] = again
+            lhs_failed = self._info[lhs_index] != 0
+        status[lhs_failed] = self._info[lhs_index[lhs_failed]]
+        x[status != 0] = np.nan
+        return status
 
     def _shape_u(self, x, batch):
         lhs = self._lhs
-        return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders))
+        return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)).astype(
+            lhs.dtype, copy=False)
 
-    def solve(self, rhs, init):
+    def solve(self, rhs, init, *, check=None):
         """Solve for new ``rhs`` ``(..., T or 1, E)`` and ``init`` ``(..., Ti, D, Oi)``.
 
         Their batch axes broadcast against the factorisation's. Returns ``u``
-        ``(..., T, D, O)``.
+        ``(..., T, D, O)``. ``check=False``: NaN in the slices of failed systems instead of
+        ``FactorizationError`` (default: the policy this factorisation was made with).
         """
         rhs, init, batch = self._check(rhs, init)
-        x, _ = self._solve(rhs, init, batch)
+        x, _ = self._solve(rhs, init, batch, check=self._policy(check))
         return self._shape_u(x, batch)
 
-    def solve_vjp(self, rhs, init):
+    def solve_vjp(self, rhs, init, *, check=None):
         """Like :meth:`solve`, and also return ``vjp(ubar) -> (coefficients_bar, rhs_bar,
         init_bar, steps_bar)``, each the shape of its input, reusing this factorisation."""
         rhs, init, batch = self._check(rhs, init)
-        return self._solve_vjp(rhs, init, batch)
+        return self._solve_vjp(rhs, init, batch, self._policy(check))
 
-    def _solve_vjp(self, rhs, init, batch):
-        x, _ = self._solve(rhs, init, batch)
+    def _policy(self, check):
+        return self._check_default if check is None else host_check(check)
+
+    def _solve_vjp(self, rhs, init, batch, check=True):
+        x, _ = self._solve(rhs, init, batch, check=check)
         return self._shape_u(x, batch), lambda ubar: self._backward(rhs, init, batch, x, ubar)
 
     def backward(self, rhs, init, u, ubar):
@@ -257,7 +395,7 @@ class SMNNFactorization:
         u = _host_values("u", u)
         if u.shape != u_shape:
             raise ValueError(f"u must have shape {u_shape}; got {u.shape}")
-        x = _kernel_array(u, dtype=lhs.dtype).reshape(-1, lhs.n_steps, lhs.block_size)
+        x = _kernel_array(u, dtype=COMPUTE_DTYPE).reshape(-1, lhs.n_steps, lhs.block_size)
         return self._backward(rhs, init, batch, x, ubar)
 
     def _backward(self, rhs, init, batch, x, ubar):
@@ -270,9 +408,16 @@ class SMNNFactorization:
         except ValueError:
             raise ValueError(f"ubar must have the shape of u, {u_shape}; "
                              f"got {ubar.shape}") from None
-        y = np.array(ubar, dtype=lhs.dtype, order="C").reshape(x.shape)
-        rhs_flat, rhs_index, _, _, lhs_index = lhs.flat_rhs(rhs, init, batch)
-        self.cholesky.solve_flat_in_place(y, lhs_index)
+        ubar = np.array(ubar, dtype=COMPUTE_DTYPE, order="C").reshape(x.shape)
+        rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
+        # y = M^{-1} ubar, refined like the forward solve (residual ubar - A^T A y)
+        y = np.empty_like(ubar)
+        status = self._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index, y,
+                               extra=ubar)
+        forward_failed = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+        if (status[~forward_failed] != 0).any():
+            _raise_if_failed(np.where(forward_failed, 0, status), batch)
+        y[forward_failed] = np.nan  # check=False: NaN gradients for the failed systems
         return self._gradients(x, y, batch, lhs_index, rhs_flat, rhs_index,
                                rhs.shape, init.shape)
 
@@ -280,9 +425,9 @@ class SMNNFactorization:
         lhs = self._lhs
         B = x.shape[0]
         we, wi, ws = lhs.weights
-        coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=lhs.dtype)
-        rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=lhs.dtype)
-        steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=lhs.dtype)
+        coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=COMPUTE_DTYPE)
+        rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=COMPUTE_DTYPE)
+        steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=COMPUTE_DTYPE)
         gradient_kernel.for_batch(*x.shape[:2])(
             lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y, lhs.n_orders,
             we * we, ws * ws, lhs.central, coefficients_bar, rhs_bar, steps_bar)
@@ -295,10 +440,12 @@ class SMNNFactorization:
             init_bar = np.zeros(init_shape, dtype=lhs.dtype)
         coefficients_bar = coefficients_bar.reshape(
             batch + lhs.coefficients_shape[-4:])
-        return (v.sum_to_shape(coefficients_bar, lhs.coefficients_shape),
-                v.sum_to_shape(rhs_bar.reshape(batch + rhs_shape[-2:]), rhs_shape),
-                init_bar,
-                v.sum_to_shape(steps_bar.reshape(batch + lhs.steps_shape[-1:]), lhs.steps_shape))
+        grads = (v.sum_to_shape(coefficients_bar, lhs.coefficients_shape),
+                 v.sum_to_shape(rhs_bar.reshape(batch + rhs_shape[-2:]), rhs_shape),
+                 init_bar,
+                 v.sum_to_shape(steps_bar.reshape(batch + lhs.steps_shape[-1:]),
+                                lhs.steps_shape))
+        return tuple(g.astype(lhs.dtype, copy=False) for g in grads)
 
 
 def _host_problem(coefficients, rhs, init, steps, **options):
@@ -315,30 +462,42 @@ def _host_problem(coefficients, rhs, init, steps, **options):
     return lhs, rhs, init, problem.batch
 
 
-def solve(coefficients, rhs, init, steps, **options):
+def host_check(check):
+    """The host's failure policy: ``check=None`` (the default) raises."""
+    if check is None:
+        return True
+    if not isinstance(check, (bool, np.bool_)):
+        raise TypeError(f"check must be True, False or None; got {check!r}")
+    return bool(check)
+
+
+def solve(coefficients, rhs, init, steps, *, check=None, **options):
     """Host ``smnn_solve``: validate, factor and solve; returns
     ``(u, factorization, vjp)``. ``options``: ``n_steps``, the weights,
-    ``central_smoothness``."""
+    ``central_smoothness``; ``check`` the failure policy (default: raise)."""
+    check = host_check(check)
     lhs, rhs, init, batch = _host_problem(coefficients, rhs, init, steps, **options)
+    _check_magnitudes(lhs)
     T = lhs.n_steps
-    if batch == lhs.batch_shape:
-        # one right-hand side per left-hand side: factor and solve each system in one
-        # pass while its factor is still in cache
-        rhs_flat, rhs_index, init_flat, init_index, _ = lhs.flat_rhs(rhs, init, batch)
+    rhs_flat, rhs_index, init_flat, init_index, _ = lhs.flat_rhs(rhs, init, batch)
+    if batch == lhs.batch_shape and _rhs_scale(lhs, rhs_flat, init_flat) == 1.0:
+        # one right-hand side per left-hand side: factor, solve and refine each system in
+        # one pass while its factor is still in cache
         lower = lhs.empty_blocks()
         info = np.zeros(lower.shape[0], dtype=np.int64)
-        x = np.empty((lower.shape[0], T, lhs.block_size), dtype=lhs.dtype)
-        factor_and_solve_kernel.for_batch(*lower.shape[:2])(
+        x = np.empty((lower.shape[0], T, lhs.block_size), dtype=COMPUTE_DTYPE)
+        accurate_factor_solve_kernel.for_batch(*lower.shape[:2])(
             lhs.coefficients, lhs.steps, rhs_flat, rhs_index, init_flat, init_index,
             *lhs.kernel_scalars(), lower, info, x)
-        raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
-        factorization = SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
+        if check:
+            _raise_if_failed(info, lhs.batch_shape)
+        factorization = SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape),
+                                          np.maximum(info, 0), check)
     else:
-        factorization = _factor_lhs(lhs)
-        x, _ = factorization._solve(rhs, init, batch)
+        factorization = _factor_lhs(lhs, check)
+        x, _ = factorization._solve(rhs, init, batch, check)
     u = factorization._shape_u(x, batch)
     return u, factorization, lambda ubar: factorization._backward(rhs, init, batch, x, ubar)
-
 
 
 def normal_equations(coefficients, rhs, init, steps, **options):
@@ -348,6 +507,9 @@ def normal_equations(coefficients, rhs, init, steps, **options):
     blocks = lhs.empty_blocks()
     assemble_kernel.for_batch(*blocks.shape[:2])(
         lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), blocks)
-    matrix = BlockBanded(blocks.reshape(lhs.batch_shape + blocks.shape[1:]))
+    # assembled in float64 like the solve; returned in the inputs' dtype
+    matrix = BlockBanded(blocks.reshape(lhs.batch_shape + blocks.shape[1:]).astype(
+        lhs.dtype, copy=False))
     b, *_ = lhs.assemble_rhs(rhs, init, batch)
-    return matrix, b.reshape(batch + (lhs.n_steps, lhs.block_size))
+    return matrix, b.reshape(batch + (lhs.n_steps, lhs.block_size)).astype(lhs.dtype,
+                                                                          copy=False)

@@ -1,0 +1,83 @@
+"""The least-squares residual pushed through the rows: ``g += A^T (beta - A x)``.
+
+Refinement (corrected semi-normal equations) needs ``A^T (beta - A x)`` formed from the
+residual rows themselves, never as ``b - M x``: with the assembled ``M`` the product
+``M x`` carries rounding of size ``eps |A|^2 |x|``, which is what squares the condition
+number; row by row, each residual ``a_r . x - beta_r`` is formed first and is small.
+
+``A`` and ``beta`` are the weighted rows of ``bandsolve.formulation``; only squared
+weights appear (``A^T A`` and ``A^T beta`` carry ``w^2``). Work: O(T (E n + D K O)).
+"""
+
+from .._jit import jit_helper, jit_routine
+from ..formulation import central_weights, n_taylor_orders, taylor_rows
+
+
+@jit_helper
+def _time_index(t, length):
+    return t if length > 1 else 0
+
+
+@jit_routine
+def add_residual_product(coefficients, steps, rhs, init, x, n_orders, n_init_steps,
+                         n_init_orders, we2, wi2, ws2, central, with_beta, g, rows, drows):
+    """``g += A^T (beta - A x)`` for one system (``beta = 0`` when ``with_beta`` is false).
+
+    coefficients ``(Tc, E, n)``, steps ``(Th,)``, rhs ``(Tr, E)``, init ``(Ti', D, Oi')``
+    (read only when ``with_beta``), x and g ``(T, n)``; ``rows``/``drows`` scratch
+    ``(2*K, 2*O)``. ``n_init_steps``/``n_init_orders`` say which entries carry initial
+    rows (the left-hand side's ``init_shape``).
+    """
+    n_steps, n = x.shape
+    n_dims = n // n_orders
+    n_k = n_taylor_orders(n_orders, central)
+    n_h = steps.shape[0]
+    last_h = -1.0
+    for t in range(n_steps):
+        c = coefficients[_time_index(t, coefficients.shape[0])]
+        r = rhs[_time_index(t, rhs.shape[0])]
+        for e in range(c.shape[0]):
+            res = 0.0
+            for a in range(n):
+                res += c[e, a] * x[t, a]
+            if with_beta:
+                res -= r[e]
+            res *= we2
+            for a in range(n):
+                g[t, a] -= c[e, a] * res
+        if t < n_init_steps:
+            for d in range(n_dims):
+                for o in range(n_init_orders):
+                    k = d * n_orders + o
+                    res = x[t, k]
+                    if with_beta:
+                        res -= init[t, d, o]
+                    g[t, k] -= wi2 * res
+        if t < n_steps - 1:
+            h = steps[_time_index(t, n_h)]
+            if h != last_h:
+                taylor_rows(h, n_orders, n_k, rows, drows)
+                last_h = h
+            for d in range(n_dims):
+                base = d * n_orders
+                for q in range(2 * n_k):
+                    res = 0.0
+                    for o in range(n_orders):
+                        res += rows[q, o] * x[t, base + o]
+                        res += rows[q, n_orders + o] * x[t + 1, base + o]
+                    res *= ws2
+                    for o in range(n_orders):
+                        g[t, base + o] -= rows[q, o] * res
+                        g[t + 1, base + o] -= rows[q, n_orders + o] * res
+        if central and t < n_steps - 2:
+            s = steps[_time_index(t, n_h)] + steps[_time_index(t + 1, n_h)]
+            alpha, beta, _, _ = central_weights(s, n_orders)
+            lo = n_orders - 2
+            hi = n_orders - 1
+            for d in range(n_dims):
+                base = d * n_orders
+                res = ws2 * (alpha * (x[t, base + lo] - x[t + 2, base + lo])
+                             + beta * x[t + 1, base + hi])
+                g[t, base + lo] -= alpha * res
+                g[t + 1, base + hi] -= beta * res
+                g[t + 2, base + lo] += alpha * res
