@@ -1,13 +1,40 @@
-"""Numerical failure as a typed exception.
+"""Numerical failure as a typed exception, and bad values located in an input.
 
 Kernels never raise: each system reports a status code in an ``info`` array (0 for
 success, ``t + 1`` for the first block row ``t`` whose pivot was not positive or not
-finite). ``raise_if_failed`` turns that array into a ``FactorizationError``.
+finite). ``raise_if_failed`` turns that array into a ``FactorizationError``. A NaN, Inf
+or non-positive step found in an input before any kernel runs is an ``InputValueError`` (a
+``ValueError``) that carries the input's name and the index.
 """
+
+import math
 
 import numpy as np
 
 _MAX_LISTED = 10
+
+
+class InputValueError(ValueError):
+    """A bad value (NaN, Inf, a non-positive step) inside an input array.
+
+    Attributes
+    ----------
+    argument : str
+        The input's name.
+    index : tuple of int
+        The first bad position, an index into that input.
+    """
+
+    def __init__(self, argument, index, template):
+        self.argument, self.index, self.template = argument, tuple(index), template
+        super().__init__(template.format(name=argument, index=self.index))
+
+    def at(self, index):
+        """The same error at another ``index`` (``bandsolve.dask``: chunk -> array)."""
+        return type(self)(self.argument, index, self.template)
+
+    def __reduce__(self):  # picklable (Dask moves errors between processes)
+        return type(self), (self.argument, self.index, self.template)
 
 
 class FactorizationError(np.linalg.LinAlgError):
@@ -26,6 +53,9 @@ class FactorizationError(np.linalg.LinAlgError):
         self.batch_indices = list(batch_indices)
         self.steps = list(steps)
 
+    def __reduce__(self):  # picklable with its attributes (Dask moves errors between processes)
+        return type(self), (str(self), self.batch_indices, self.steps)
+
 
 def raise_if_failed(info, batch_shape, what="block-banded matrix"):
     """Raise ``FactorizationError`` if any entry of ``info`` ``(B,)`` is non-zero.
@@ -37,14 +67,21 @@ def raise_if_failed(info, batch_shape, what="block-banded matrix"):
         return
     batch_indices = [tuple(int(i) for i in np.unravel_index(f, batch_shape)) for f in failed]
     steps = [int(info[f]) - 1 for f in failed]
+    raise factorization_error(batch_indices, steps, math.prod(batch_shape), what)
+
+
+def factorization_error(batch_indices, steps, n_systems, what="block-banded matrix"):
+    """The ``FactorizationError`` for systems ``batch_indices`` failing at ``steps`` (of
+    ``n_systems``); ``bandsolve.dask`` rebuilds it with whole-array indices."""
     listed = ", ".join(
         f"batch index {index} at time step {step}"
         for index, step in zip(batch_indices[:_MAX_LISTED], steps[:_MAX_LISTED])
     )
-    more = f" (and {failed.size - _MAX_LISTED} more)" if failed.size > _MAX_LISTED else ""
-    raise FactorizationError(
+    n_failed = len(batch_indices)
+    more = f" (and {n_failed - _MAX_LISTED} more)" if n_failed > _MAX_LISTED else ""
+    return FactorizationError(
         f"the {what} is not positive definite (or its factor is not finite) for "
-        f"{failed.size} of {int(np.prod(batch_shape, dtype=np.int64))} systems: {listed}{more}. "
+        f"{n_failed} of {n_systems} systems: {listed}{more}. "
         "Likely causes: the constraints do not pin the solution down (no initial values "
         "and equations that leave a null space, e.g. all-zero coefficients), extreme "
         "step sizes or weights, or float32 for an ill-conditioned system (try float64).",

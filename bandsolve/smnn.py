@@ -23,6 +23,10 @@ from .cpu.smnn import (
 )
 from .errors import raise_if_failed
 
+# VJP with a shared left-hand side: systems per gradient-kernel call (at least the lhs
+# batch) chosen so one call's per-system coefficients_bar holds about this many numbers
+_GRADIENT_CHUNK_ELEMENTS = 2**21
+
 _LAYOUTS = {
     "coefficients": "(..., T or 1, E, D, O)",
     "rhs": "(..., T or 1, E)",
@@ -79,7 +83,7 @@ class _LeftHandSide:
     def flat_rhs(self, rhs, init, batch):
         """Right-hand-side inputs flattened for the kernels, with their index maps over
         the full batch ``batch``: ``(rhs_flat, rhs_index, init_flat, init_index, lhs_index)``."""
-        rhs_flat = _kernel_array(rhs).reshape((-1,) + rhs.shape[-2:])
+        rhs_flat = _kernel_array(rhs).reshape((math.prod(rhs.shape[:-2]),) + rhs.shape[-2:])
         lhs_index = v.flat_batch_index(self.batch_shape, batch)
         rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
         if init.size:
@@ -189,6 +193,7 @@ def _check_lhs(coefficients, steps, n_steps, weight_equation, weight_init, weigh
     if not device:
         v.check_positive("steps", steps)
     n_orders = coefficients.shape[-1]
+    central_smoothness = v.check_flag("central_smoothness", central_smoothness)
     if central_smoothness and n_orders < 3:
         raise ValueError(
             f"central_smoothness needs O >= 3 derivative orders; coefficients have O={n_orders}")
@@ -223,8 +228,7 @@ def _check_rhs(lhs_shape, rhs, init, T, device=False):
 
 def _check_init_shape(init_shape, coefficients, T):
     """``(Ti, Oi)`` checked against ``(T, O)``; ``(0, 0)`` when either is zero."""
-    Ti = v.check_count("init_shape[0] (Ti)", init_shape[0])
-    Oi = v.check_count("init_shape[1] (Oi)", init_shape[1])
+    Ti, Oi = v.check_init_shape(init_shape)
     if Ti > T or Oi > coefficients.shape[-1]:
         raise ValueError(f"init_shape {(Ti, Oi)} exceeds (T, O) = {(T, coefficients.shape[-1])}")
     return (Ti, Oi) if Ti * Oi else (0, 0)
@@ -265,7 +269,7 @@ def _factor_lhs(lhs):
     assemble_and_factor_kernel.for_batch(*lower.shape[:2])(
         lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
     raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
-    return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
+    return SMNNFactorization(lhs, BlockCholesky._trusted(lower, lhs.batch_shape))
 
 
 # ----------------------------------------------------------------------------- public API
@@ -380,7 +384,9 @@ class SMNNFactorization:
 
     def _solve_vjp(self, rhs, init, batch):
         x, _ = self._solve(rhs, init, batch)
-        return self._shape_u(x, batch), lambda ubar: self._backward(rhs, init, batch, x, ubar)
+        rhs = rhs.copy()  # the vjp must not see later changes to the caller's rhs or u
+        return self._shape_u(x.copy(), batch), lambda ubar: self._backward(rhs, init, batch,
+                                                                           x, ubar)
 
     def backward(self, rhs, init, u, ubar):
         """Gradients from a solution computed earlier, for frameworks that keep residuals
@@ -420,12 +426,31 @@ class SMNNFactorization:
         lhs = self._lhs
         B = x.shape[0]
         we, wi, ws = lhs.weights
-        coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=lhs.dtype)
-        rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=lhs.dtype)
-        steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=lhs.dtype)
-        gradient_kernel.for_batch(*x.shape[:2])(
-            lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y, lhs.n_orders,
-            we * we, ws * ws, lhs.central, coefficients_bar, rhs_bar, steps_bar)
+        n_lhs, n_rhs = lhs.coefficients.shape[0], rhs_flat.shape[0]
+        # The kernel writes per-system gradients. With a shared left-hand side (or rhs)
+        # they are summed into the input's own batch chunk by chunk, so the full batch's
+        # coefficients_bar (E times the size of u) is never allocated.
+        chunk = B if n_lhs == n_rhs == B else max(
+            n_lhs, 1, _GRADIENT_CHUNK_ELEMENTS // max(1, lhs.coefficients[0].size))
+        chunk = min(chunk, B)
+        coefficients_bar = np.empty((chunk,) + lhs.coefficients.shape[1:], dtype=lhs.dtype)
+        rhs_bar = np.empty((chunk,) + rhs_flat.shape[1:], dtype=lhs.dtype)
+        steps_bar = np.empty((chunk, lhs.steps.shape[1]), dtype=lhs.dtype)
+        sums = (coefficients_bar, rhs_bar, steps_bar)
+        if chunk < B:
+            sums = tuple(np.zeros((rows,) + a.shape[1:], dtype=lhs.dtype) for rows, a in
+                         zip((n_lhs, n_rhs, n_lhs), sums))
+        for start in range(0, B, max(chunk, 1)):
+            part = slice(start, min(start + chunk, B))
+            m = part.stop - start
+            gradient_kernel.for_batch(m, x.shape[1])(
+                lhs.coefficients, lhs.steps, lhs_index[part], rhs_flat, rhs_index[part],
+                x[part], y[part], lhs.n_orders, we * we, ws * ws, lhs.central,
+                coefficients_bar[:m], rhs_bar[:m], steps_bar[:m])
+            if chunk < B:
+                for total, index, values in zip(sums, (lhs_index, rhs_index, lhs_index),
+                                                (coefficients_bar, rhs_bar, steps_bar)):
+                    np.add.at(total, index[part], values[:m])
         D, O = lhs.n_dims, lhs.n_orders
         Ti, Oi = lhs.n_init_steps, lhs.n_init_orders
         if Ti * Oi:
@@ -433,12 +458,16 @@ class SMNNFactorization:
             init_bar = v.sum_to_shape(wi * wi * y4[..., :Ti, :, :Oi], init_shape)
         else:
             init_bar = np.zeros(init_shape, dtype=lhs.dtype)
-        coefficients_bar = coefficients_bar.reshape(
-            batch + lhs.coefficients_shape[-4:])
-        return (v.sum_to_shape(coefficients_bar, lhs.coefficients_shape),
-                v.sum_to_shape(rhs_bar.reshape(batch + rhs_shape[-2:]), rhs_shape),
+        coefficients_bar, rhs_bar, steps_bar = sums
+        # batch each sum belongs to: the full batch, or the input's own (flattened) batch
+        lhs_batch = batch if chunk == B else lhs.batch_shape
+        rhs_batch = batch if chunk == B else rhs_shape[:-2]
+        return (v.sum_to_shape(coefficients_bar.reshape(lhs_batch + lhs.coefficients_shape[-4:]),
+                               lhs.coefficients_shape),
+                v.sum_to_shape(rhs_bar.reshape(rhs_batch + rhs_shape[-2:]), rhs_shape),
                 init_bar,
-                v.sum_to_shape(steps_bar.reshape(batch + lhs.steps_shape[-1:]), lhs.steps_shape))
+                v.sum_to_shape(steps_bar.reshape(lhs_batch + lhs.steps_shape[-1:]),
+                               lhs.steps_shape))
 
 
 def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equation=1.0,
@@ -547,10 +576,12 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
                             weight_smooth=weight_smooth, central_smoothness=central_smoothness,
                             stream=stream, check=check, algorithm=algorithm, with_vjp=True)
     _host_options(stream, algorithm)
+    # private copies: the vjp must not see later changes to the caller's rhs or u
+    rhs = v.as_host_array("rhs", rhs).copy()
     u, factorization, backward = _solve_full(
         coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
         weight_smooth, central_smoothness)
-    return u, backward
+    return u.copy(), backward
 
 
 def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
@@ -616,7 +647,7 @@ def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight
             lhs.coefficients, lhs.steps, rhs_flat, rhs_index, init_flat, init_index,
             *lhs.kernel_scalars(), lower, info, x)
         raise_if_failed(info, lhs.batch_shape, what="S-MNN normal matrix")
-        factorization = SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape))
+        factorization = SMNNFactorization(lhs, BlockCholesky._trusted(lower, lhs.batch_shape))
     else:
         factorization = _factor_lhs(lhs)
         x, _ = factorization._solve(rhs, init, batch)

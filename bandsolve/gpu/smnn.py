@@ -260,6 +260,9 @@ class DeviceSMNNFactorization:
 
     def _solve_vjp(self, device, rhs, init, batch):
         u, x = self._solve(device, rhs, init, batch)
+        # the vjp keeps private copies: later changes to the caller's rhs or u (a view of
+        # x) must not change the gradients
+        rhs, x = (arrays.copy_broadcast(device, a, shape_of(a), a.dtype)[1] for a in (rhs, x))
 
         def vjp(ubar, *, stream=None):
             call = device if stream is None else Device.for_inputs((ubar,), stream)
@@ -453,6 +456,8 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     if check:
         _check_values(device, coefficients=c, rhs=r, init=g, steps=h)
     c, r, g, h = (arrays.as_dtype(device, a, dtype) for a in views)
+    if with_vjp:  # the vjp reads coefficients and steps: keep private copies
+        c, h = (arrays.copy_broadcast(device, a, shape_of(a), a.dtype)[1] for a in (c, h))
     Ti, _, Oi = metas[2].shape[-3:]
     init_shape = (Ti, Oi) if Ti * Oi else (0, 0)
     lhs = _DeviceLHS(device, c, h, T, init_shape, weights, central_smoothness)
