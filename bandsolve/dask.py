@@ -29,8 +29,9 @@ What is checked when
 --------------------
 Shapes, ranks, dtypes, weights, ``n_steps`` and the chunking are checked when the graph is
 built (``ValueError`` / ``TypeError``, nothing scheduled). Values (NaN/Inf, non-positive
-steps) and the factorisation are checked by the core inside each task, at compute time; a
-``FactorizationError`` raised there names batch indices relative to its chunk.
+steps) and the factorisation are checked by the core inside each task, at compute time;
+the errors raised there name indices into the whole arrays (each task also receives the
+array positions of its chunk's batch entries, to translate the core's chunk-local ones).
 
 Gradients: refactor in the backward pass
 ----------------------------------------
@@ -81,8 +82,11 @@ from dask.array.utils import meta_from_array
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+import contextlib
+
 import bandsolve
 from bandsolve import _validation as v
+from bandsolve.errors import FactorizationError, InputValueError, factorization_error
 from bandsolve.smnn import _validate
 
 __all__ = ["smnn_solve", "smnn_solve_vjp"]
@@ -178,6 +182,10 @@ class _Plan:
                             weight_smooth=weights[2], central_smoothness=central_smoothness)
         self.batch_index = tuple(f"b{i}" for i in range(len(self.batch)))
         self.meta_source = self.arrays["coefficients"]._meta
+        # array positions along each batch axis, chunked with the inputs by blockwise:
+        # a task turns the core's chunk-local error indices into whole-array ones
+        self.positions = [da.arange(n, chunks=max(n, 1)) for n in self.batch]
+        self.shapes = {name: a.shape for name, a in self.arrays.items()}
 
     @property
     def u_shape(self):
@@ -191,10 +199,13 @@ class _Plan:
         return batch + tuple(f"{name}_{j}" for j in range(_CORE_NDIM[name]))
 
     def blockwise_args(self, extra=None):
+        """The inputs (and ``extra``), then the position arrays of the batch axes."""
         arrays = dict(self.arrays, **(extra or {}))
         args = []
         for name, array in arrays.items():
             args += [array, self.index(name, array)]
+        for index, positions in zip(self.batch_index, self.positions):
+            args += [positions, (index,)]
         return args
 
 
@@ -210,20 +221,57 @@ def _writable(array):
     return array
 
 
-def _solve_chunk(coefficients, rhs, init, steps, *, options):
+def _array_index(local, shape, n_core, positions):
+    """A chunk-local index into an input (or batch) of whole-array ``shape`` whose last
+    ``n_core`` axes are not chunked, as an index into the whole array. ``positions`` are
+    the chunk's array positions along every axis of the full batch (right-aligned)."""
+    n_batch = len(shape) - n_core
+    offset = len(positions) - n_batch
+    return tuple(
+        int(i) if a >= n_batch or shape[a] == 1 else int(positions[offset + a][i])
+        for a, i in enumerate(local))
+
+
+@contextlib.contextmanager
+def _whole_array_errors(shapes, positions):
+    """Re-raise the core's located errors with whole-array indices: a bad value in input
+    ``name`` (``shapes[name]``), a failed system of the left-hand-side batch (``shapes``
+    None: a chunk called on its own, indices left as they are)."""
+    try:
+        yield
+    except InputValueError as error:
+        if shapes is None or error.argument not in shapes:
+            raise
+        raise error.at(_array_index(error.index, shapes[error.argument],
+                                    _CORE_NDIM[error.argument], positions)) from None
+    except FactorizationError as error:
+        if shapes is None:
+            raise
+        lhs_batch = v.broadcast_batch(coefficients=shapes["coefficients"][:-4],
+                                      steps=shapes["steps"][:-1])
+        indices = [_array_index(i, lhs_batch, 0, positions) for i in error.batch_indices]
+        raise factorization_error(indices, error.steps, int(np.prod(lhs_batch)),
+                                  what="S-MNN normal matrix") from None
+
+
+def _solve_chunk(coefficients, rhs, init, steps, *positions, options, shapes=None):
     """One task of the forward graph: the core solve of one chunk of whole sequences."""
-    return bandsolve.smnn_solve(*map(_writable, (coefficients, rhs, init, steps)), **options)
+    with _whole_array_errors(shapes, positions):
+        return bandsolve.smnn_solve(*map(_writable, (coefficients, rhs, init, steps)),
+                                    **options)
 
 
-def _vjp_chunk(coefficients, rhs, init, steps, ubar, *, options, n_lead):
+def _vjp_chunk(coefficients, rhs, init, steps, ubar, *positions, options, n_lead,
+               shapes=None):
     """One task of the backward graph: refactor, solve, and the core's VJP of one chunk.
 
     Returns the four gradients, each summed by the core over the axes its input broadcast
     within the chunk, with ``n_lead[i]`` leading length-1 axes added so that every
     gradient has the full number of batch axes."""
-    _, vjp = bandsolve.smnn_solve_vjp(*map(_writable, (coefficients, rhs, init, steps)),
-                                      **options)
-    grads = vjp(_writable(ubar))
+    with _whole_array_errors(shapes, positions):
+        _, vjp = bandsolve.smnn_solve_vjp(*map(_writable, (coefficients, rhs, init, steps)),
+                                          **options)
+        grads = vjp(_writable(ubar))
     return tuple(g.reshape((1,) * lead + g.shape) for g, lead in zip(grads, n_lead))
 
 
@@ -269,7 +317,7 @@ def _forward(plan):
         concatenate=True, dtype=plan.dtype,
         meta=meta_from_array(plan.meta_source, ndim=len(out_index), dtype=plan.dtype),
         name="smnn_solve-" + tokenize(plan.arrays, plan.options),
-        options=plan.options)
+        options=plan.options, shapes=plan.shapes)
 
 
 def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
@@ -305,7 +353,8 @@ def _backward(plan, ubar, inputs_were_dask):
     chunk_grads = da.blockwise(
         _vjp_chunk, plan.batch_index, *plan.blockwise_args({"ubar": ubar}),
         concatenate=True, meta=np.empty((0,) * n_batch, dtype=object),
-        name="smnn_solve_vjp-" + token, options=plan.options, n_lead=n_lead)
+        name="smnn_solve_vjp-" + token, options=plan.options, n_lead=n_lead,
+        shapes=dict(plan.shapes, ubar=ubar.shape))
     batch_chunks = chunk_grads.chunks
     keys = _flat_keys(chunk_grads)
 
