@@ -92,8 +92,8 @@ def _check_shapes(arrays, n_steps, weight_equation, weight_init, weight_smooth,
     stand_ins = [np.ones(a.shape[a.ndim - _CORE_NDIM[name]:])
                  for name, a in zip(_NAMES, arrays)]
     c, r, g, h = stand_ins
-    _, _, T, weights = _core._check_lhs(c, h, n_steps, *weights, bool(central_smoothness),
-                                        rhs=r)
+    central_smoothness = _validation.check_flag("central_smoothness", central_smoothness)
+    _, _, T, weights = _core._check_lhs(c, h, n_steps, *weights, central_smoothness, rhs=r)
     _core._check_rhs(c.shape, r, g, T)
     _validation.broadcast_batch(**{name: a.shape[:a.ndim - _CORE_NDIM[name]]
                                    for name, a in zip(_NAMES, arrays)})
