@@ -298,7 +298,10 @@ class SMNNFactorization:
                    central_smoothness=False, stream=None, algorithm="auto"):
         """Rebuild a factorisation from its ``lower`` factor (as returned by ``.lower``)
         and the same arguments as :func:`smnn_factor`, without refactoring. For adapters
-        that must carry the factor between forward and backward passes as an array."""
+        that must carry the factor between forward and backward passes as an array.
+        ``lower`` must be finite where read with positive diagonal pivots: ``ValueError``
+        otherwise (device inputs: the system is failed in ``.status``, see
+        ``bandsolve.gpu``)."""
         if _on_device(lower=lower, coefficients=coefficients, steps=steps):
             return _gpu().from_lower(lower, coefficients, steps, init_shape=init_shape,
                                      n_steps=n_steps, weight_equation=weight_equation,

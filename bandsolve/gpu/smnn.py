@@ -495,8 +495,10 @@ def factor(coefficients, steps, *, init_shape, n_steps, weight_equation, weight_
 
 def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equation,
                weight_init, weight_smooth, central_smoothness, stream, algorithm):
-    """Device ``SMNNFactorization.from_lower``: no refactorisation (the status reads
-    success; ``lower`` is trusted as a factor, as on the host)."""
+    """Device ``SMNNFactorization.from_lower``: no refactorisation. ``lower`` is checked on
+    the device without synchronising: a system whose factor is not finite where read or
+    has a non-positive diagonal pivot is failed in ``.status`` (results NaN; ``check()``
+    raises), where the host path raises ``ValueError``."""
     device = Device.for_inputs((lower, coefficients, steps), stream)
     lower = numba_view("lower", lower, device)
     c = numba_view("coefficients", coefficients, device)
@@ -529,6 +531,9 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
                           storage.reshape((storage.size // n_lhs, n_lhs)))
     else:
         lower_user, storage = device.as_user(flat_lower), flat_lower
+    # lower is checked without synchronising: a system whose factor is not finite or has
+    # a non-positive pivot is marked failed in the status (its solves give NaN)
     info_user, info = arrays.zeros(device, (n_lhs,), np.int64)
+    device.launch(arrays.factor_status_kernel, n_lhs, flat_lower, info)
     status = Status(info_user, info, lhs.batch_shape, device)
     return DeviceSMNNFactorization(lhs, algorithm, lower_user, storage, status, device)
