@@ -149,18 +149,27 @@ def _check_band_shape(name, shape):
                          f"p+1 >= 1 band blocks and block size n >= 1; got shape {shape}")
 
 
-def _check_factor(name, lower):
+def _check_factor(name, lower, batch_shape):
     """``ValueError`` unless ``lower`` ``(B, T, p+1, n, n)`` is finite where it is read and
-    every diagonal block has a positive diagonal (the pivots of a Cholesky factor)."""
-    for j in range(lower.shape[2]):
-        cells = np.tril(lower[:, j:, 0]) if j == 0 else lower[:, j:, j]
-        check_finite(f"{name} (read cells of band block {j})", cells)
-    pivots = np.diagonal(lower[:, :, 0], axis1=-2, axis2=-1)  # (B, T, n)
-    bad = np.argwhere(~(pivots > 0))
-    if bad.size:
-        b, t, i = (int(k) for k in bad[0])
-        raise ValueError(f"{name} is not a Cholesky factor: pivot {name}[{b}, {t}, 0, {i}, {i}] "
-                         f"= {pivots[b, t, i]!r} is not positive ({len(bad)} such pivots)")
+    every diagonal block has a positive diagonal (the pivots of a Cholesky factor); the
+    message gives the index into ``lower`` of shape ``batch_shape + (T, p+1, n, n)``."""
+    T, width, n = lower.shape[1], lower.shape[2], lower.shape[3]
+    t, j = np.arange(T)[:, None], np.arange(width)[None, :]
+    read = np.broadcast_to((t >= j)[:, :, None, None], (T, width, n, n)).copy()
+    read[:, 0] &= np.tri(n, dtype=bool)  # diagonal blocks: lower triangle only
+    pivots = np.zeros((T, width, n, n), dtype=bool)
+    pivots[:, 0] = np.eye(n, dtype=bool)
+    for problem, bad in (("is not finite", read & ~np.isfinite(lower)),
+                         ("is a diagonal pivot that is not positive",
+                          pivots & ~(lower > 0))):
+        where = np.argwhere(bad)
+        if where.size:
+            first = [int(i) for i in where[0]]
+            index = tuple(int(i) for i in np.unravel_index(first[0], batch_shape)) + tuple(
+                first[1:])
+            raise ValueError(
+                f"{name} is not a block Cholesky factor: {name}{list(index)} = "
+                f"{float(lower[tuple(first)])!r} {problem} ({len(where)} such entries)")
 
 
 class BlockCholesky:
@@ -191,12 +200,14 @@ class BlockCholesky:
             raise ValueError(f"lower must be square (..., n, n); got shape {lower.shape}")
         _check_band_shape("lower", lower.shape)
         core = lower.shape[-4:]
-        if lower.shape not in (batch_shape + core, (math.prod(batch_shape),) + core):
+        allowed = list(dict.fromkeys([batch_shape + core, (math.prod(batch_shape),) + core]))
+        if lower.shape not in allowed:
             raise ValueError(
-                f"lower must have shape batch_shape + (T, p+1, n, n) = {batch_shape + core} "
-                f"or {(math.prod(batch_shape),) + core}; got {lower.shape}")
+                f"lower must have shape batch_shape + (T, p+1, n, n) = "
+                f"{' or '.join(map(str, allowed))} for batch_shape={batch_shape}; "
+                f"got {lower.shape}")
         lower = lower.reshape((math.prod(batch_shape),) + core)
-        _check_factor("lower", lower)
+        _check_factor("lower", lower, batch_shape)
         if not (lower.flags.c_contiguous and lower.flags.writeable):
             lower = np.array(lower, order="C", copy=True)  # one compiled kernel variant
         self._init(lower, batch_shape)

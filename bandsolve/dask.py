@@ -105,14 +105,18 @@ _CORE_AXIS_NAMES = {
 
 # ----------------------------------------------------------------------------- planning
 
-def _as_dask(value):
+def _as_dask(name, value):
     """A Dask array as is; anything else as a single-chunk Dask array (one graph key, so
-    the distributed scheduler sends it to each worker at most once)."""
-    if isinstance(value, da.Array):
-        return value
-    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
-        value = np.asarray(value)
-    return da.from_array(value, chunks=value.shape if value.ndim else ())
+    the distributed scheduler sends it to each worker at most once). Masked arrays (or
+    chunks) are a ``TypeError`` naming ``name``, as in the core."""
+    if not isinstance(value, da.Array):
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")) or isinstance(
+                value, np.ma.MaskedArray):
+            value = v.as_host_array(name, value)
+        value = da.from_array(value, chunks=value.shape if value.ndim else ())
+    if isinstance(value._meta, np.ma.MaskedArray):
+        v.as_host_array(name, value._meta)
+    return value
 
 
 def _check_known_shape(name, array):
@@ -159,7 +163,7 @@ class _Plan:
 
     def __init__(self, coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
                  weight_smooth, central_smoothness, rechunk):
-        arrays = {name: _as_dask(value) for name, value in
+        arrays = {name: _as_dask(name, value) for name, value in
                   zip(_NAMES, (coefficients, rhs, init, steps))}
         for name, array in arrays.items():
             _check_known_shape(name, array)
@@ -340,7 +344,7 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
 
 
 def _backward(plan, ubar, inputs_were_dask):
-    ubar = _as_dask(ubar)
+    ubar = _as_dask("ubar", ubar)
     _check_known_shape("ubar", ubar)
     if ubar.shape != plan.u_shape:
         raise ValueError(f"ubar must have the shape of u, {plan.u_shape}; got {ubar.shape}")

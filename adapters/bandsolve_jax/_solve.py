@@ -61,8 +61,10 @@ def _as_jax_arrays(**values):
     x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
     arrays, dtypes = {}, []
     for name, value in values.items():
+        if isinstance(value, np.ma.MaskedArray):  # JAX would drop the mask silently
+            _validation.as_host_array(name, value)
         if getattr(value, "dtype", None) is None:  # Python numbers and lists
-            value = jnp.asarray(value)
+            value = _validation.as_host_array(name, value)
         dtype = _validation.check_dtype(name, value.dtype)
         if dtype == np.float64 and not x64:
             raise TypeError(
