@@ -98,6 +98,7 @@ def not_finite_error(name, where):
 
 def not_positive_error(name, value, where):
     """The error for a non-positive ``value`` at index ``where`` (host and device)."""
+    value = value.item() if hasattr(value, "item") else value  # 0.5, not np.float64(0.5)
     shown = repr(value).replace("{", "{{").replace("}", "}}")
     return InputValueError(name, where, "{name} must be positive; got " + shown
                            + " at index {index}")
