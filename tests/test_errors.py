@@ -596,3 +596,107 @@ def test_shared_lhs_vjp_memory_is_bounded_by_the_lhs_batch(monkeypatch):
     np.testing.assert_allclose(grads[3], full[3].sum(axis=0, keepdims=True), rtol=1e-10)
     for got, want in zip(grads[1:3], full[1:3]):
         np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Dask: errors raised inside a task name whole-array indices (issue 15)
+# ---------------------------------------------------------------------------------------
+
+
+def test_dask_errors_name_array_indices():
+    da = pytest.importorskip("dask.array")
+    import bandsolve.dask as bdask
+
+    c, r, g, h = make_problem(370, batch=(40,), T=6, E=2, D=2, O=3, Ti=1, Oi=2)
+    r[27, 4, 1] = np.nan
+    u = bdask.smnn_solve(da.from_array(c, chunks=(10, 6, 2, 2, 3)),
+                         da.from_array(r, chunks=(10, 6, 2)), g, h)
+    with pytest.raises(ValueError, match=re.escape("rhs contains NaN or Inf (first at index "
+                                                   "(27, 4, 1))")):
+        u.compute(scheduler="synchronous")
+    # a broadcast input keeps its own (length-1) index; the chunked axis gets the offset
+    g2 = np.broadcast_to(g[:1], (1,) + g.shape[1:]).copy()
+    h2 = np.abs(h[None, :1]) + 0.1
+    h2[0, 0, 3] = -1.0
+    u = bdask.smnn_solve(da.from_array(np.stack([c] * 2), chunks=(1, 10, 6, 2, 2, 3)),
+                         np.nan_to_num(r), g2, h2)
+    with pytest.raises(ValueError, match=re.escape("steps must be positive; got -1.0 at "
+                                                   "index (0, 0, 3)")):
+        u.compute(scheduler="synchronous")
+
+
+def test_dask_factorization_error_names_array_batch_index():
+    da = pytest.importorskip("dask.array")
+    import bandsolve.dask as bdask
+
+    coefficients = make_full_rank_equations(371, batch=(40,), T=1, D=2, O=2)
+    coefficients[23] = 0.0
+    rhs = np.ones((40, 1, 5))
+    init, steps = np.zeros((0, 2, 0)), np.zeros((0,))
+    u = bdask.smnn_solve(da.from_array(coefficients, chunks=(10, 1, 5, 2, 2)), rhs, init, steps)
+    with pytest.raises(bandsolve.FactorizationError) as info:
+        u.compute(scheduler="synchronous")
+    assert info.value.batch_indices == [(23,)] and info.value.steps == [0]
+    assert "batch index (23,) at time step 0" in str(info.value)
+    assert "1 of 40 systems" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------
+# The adapters follow the same rules (issue 15)
+# ---------------------------------------------------------------------------------------
+
+ADAPTER_CASES = [
+    ("weight_equation_bool", dict(weight_equation=True), TypeError, "weight_equation"),
+    ("weight_equation_str", dict(weight_equation="2"), TypeError, "weight_equation"),
+    ("weight_smooth_str", dict(weight_smooth="2"), TypeError, "weight_smooth"),
+    ("central_str", dict(central_smoothness="no"), TypeError, "central_smoothness"),
+    ("n_steps_float", dict(n_steps=6.0), TypeError, "n_steps"),
+    ("n_steps_bool", dict(n_steps=True), TypeError, "n_steps"),
+]
+
+
+@pytest.mark.parametrize("case", ADAPTER_CASES, ids=lambda c: c[0])
+def test_torch_adapter_bad_scalars(case):
+    torch = pytest.importorskip("torch")
+    import bandsolve_torch
+
+    _, kw, exc, name = case
+    c, r, g, h = (torch.from_numpy(a) for a in base_problem())
+    with pytest.raises(exc, match=rf"\b{name}\b"):
+        bandsolve_torch.smnn_solve(c, r, g, h, **kw)
+    with pytest.raises(exc, match=rf"\b{name}\b"):
+        bandsolve_torch.FrozenLHS(c, h, init_shape=(TI, OI), **kw)
+
+
+def test_torch_adapter_bad_tensors_and_sizes():
+    torch = pytest.importorskip("torch")
+    import bandsolve_torch
+
+    c, r, g, h = (torch.from_numpy(a) for a in base_problem())
+    with pytest.raises(TypeError, match=r"steps has dtype torch.int64"):
+        bandsolve_torch.smnn_solve(c, r, g, torch.ones(T - 1, dtype=torch.int64))
+    for init_shape in (None, (1,), 5):
+        with pytest.raises((TypeError, ValueError), match="init_shape"):
+            bandsolve_torch.FrozenLHS(c, h, init_shape=init_shape)
+    for kw, name in ((dict(n_orders=0), "n_orders"), (dict(n_dims=0), "n_dims"),
+                     (dict(n_steps=2.0), "n_steps"), (dict(init_shape=(9, 1)), "init_shape"),
+                     (dict(step_size="0.1"), "step_size"), (dict(learn_steps="yes"), "learn_steps"),
+                     (dict(weight_init=None), "weight_init")):
+        args = dict(n_steps=5, n_dims=2, n_orders=3)
+        args.update(kw)
+        with pytest.raises((TypeError, ValueError), match=rf"\b{name}\b"):
+            bandsolve_torch.MechanisticLayer(**args)
+
+
+@pytest.mark.parametrize("case", ADAPTER_CASES, ids=lambda c: c[0])
+def test_jax_adapter_bad_scalars(case):
+    jax = pytest.importorskip("jax")
+    import bandsolve_jax
+
+    _, kw, exc, name = case
+    with jax.enable_x64(True):
+        with pytest.raises(exc, match=rf"\b{name}\b"):
+            bandsolve_jax.smnn_solve(*base_problem(), **kw)
+        with pytest.raises(TypeError, match="MaskedArray"):
+            c, r, g, h = base_problem()
+            bandsolve_jax.smnn_solve(np.ma.masked_array(c), r, g, h)
