@@ -158,6 +158,7 @@ def _check_lhs(coefficients, steps, n_steps, weight_equation, weight_init, weigh
         raise ValueError(
             f"steps must have shape {LAYOUTS['steps']} = (..., {T - 1} or 1); got {steps_shape}")
     n_orders = coefficients_shape[-1]
+    central_smoothness = v.check_flag("central_smoothness", central_smoothness)
     if central_smoothness and n_orders < 3:
         raise ValueError(
             f"central_smoothness needs O >= 3 derivative orders; coefficients have O={n_orders}")
@@ -194,8 +195,7 @@ def _check_rhs(coefficients_shape, rhs, init, T):
 
 def _check_init_shape(init_shape, n_orders, T):
     """``(Ti, Oi)`` checked against ``(T, O)``; ``(0, 0)`` when either is zero."""
-    Ti = v.check_count("init_shape[0] (Ti)", init_shape[0])
-    Oi = v.check_count("init_shape[1] (Oi)", init_shape[1])
+    Ti, Oi = v.check_init_shape(init_shape)
     if Ti > T or Oi > n_orders:
         raise ValueError(f"init_shape {(Ti, Oi)} exceeds (T, O) = {(T, n_orders)}")
     return (Ti, Oi) if Ti * Oi else (0, 0)

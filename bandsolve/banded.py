@@ -24,9 +24,12 @@ triangle and the ``·`` cells may hold anything (NaN included). Each system is c
 
 import numpy as np
 
+import math
+
 from ._validation import (
     as_host_array,
     broadcast_batch,
+    check_count,
     check_finite,
     check_rank,
     flat_batch_index,
@@ -49,6 +52,7 @@ class BlockBanded:
         check_rank("blocks", blocks, 4, "(..., T, p+1, n, n)")
         if blocks.shape[-1] != blocks.shape[-2]:
             raise ValueError(f"blocks must be square (..., n, n); got shape {blocks.shape}")
+        _check_band_shape("blocks", blocks.shape)
         self.blocks = blocks
 
     @property
@@ -82,9 +86,11 @@ class BlockBanded:
         """Lower block band of symmetric ``dense`` ``(..., T*n, T*n)``; entries outside the
         band are ignored. Unread cells are set to zero."""
         dense = as_host_array("dense", dense)
-        n, p = int(block_size), int(bandwidth)
+        n = check_count("block_size", block_size, minimum=1)
+        p = check_count("bandwidth", bandwidth, minimum=0)
+        check_rank("dense", dense, 2, "(..., T*n, T*n)")
         size = dense.shape[-1]
-        if dense.ndim < 2 or dense.shape[-2] != size or size % n:
+        if dense.shape[-2] != size or size % n or size == 0:
             raise ValueError(
                 f"dense must have shape (..., T*n, T*n) with n={n}; got {dense.shape}")
         n_steps = size // n
@@ -117,6 +123,12 @@ class BlockBanded:
     def matvec(self, x):
         """``M @ x`` for ``x`` ``(..., T, n)`` (batch broadcast); returns ``(..., T, n)``."""
         x = as_host_array("x", x)
+        check_rank("x", x, 2, "(..., T, n)")
+        expected = (self.n_steps, self.block_size)
+        if x.shape[-2:] != expected:
+            raise ValueError(f"x must have shape (..., {expected[0]}, {expected[1]}); "
+                             f"got {x.shape}")
+        broadcast_batch(matrix=self.batch_shape, x=x.shape[:-2])
         T, p = self.n_steps, self.bandwidth
         diagonal = self._symmetric_diagonal()
         y = np.einsum("...tab,...tb->...ta", diagonal, x)
@@ -129,21 +141,96 @@ class BlockBanded:
         return y
 
 
+def _check_band_shape(name, shape):
+    """``ValueError`` unless ``shape`` ``(..., T, p+1, n, n)`` has ``T, p+1, n >= 1``."""
+    T, width, n = shape[-4], shape[-3], shape[-1]
+    if min(T, width, n) < 1:
+        raise ValueError(f"{name} must have shape (..., T, p+1, n, n) with T >= 1 block rows, "
+                         f"p+1 >= 1 band blocks and block size n >= 1; got shape {shape}")
+
+
+def _check_factor(name, lower, batch_shape):
+    """``ValueError`` unless ``lower`` ``(B, T, p+1, n, n)`` is finite where it is read and
+    every diagonal block has a positive diagonal (the pivots of a Cholesky factor); the
+    message gives the index into ``lower`` of shape ``batch_shape + (T, p+1, n, n)``."""
+    T, width, n = lower.shape[1], lower.shape[2], lower.shape[3]
+    t, j = np.arange(T)[:, None], np.arange(width)[None, :]
+    read = np.broadcast_to((t >= j)[:, :, None, None], (T, width, n, n)).copy()
+    read[:, 0] &= np.tri(n, dtype=bool)  # diagonal blocks: lower triangle only
+    pivots = np.zeros((T, width, n, n), dtype=bool)
+    pivots[:, 0] = np.eye(n, dtype=bool)
+    for problem, bad in (("is not finite", read & ~np.isfinite(lower)),
+                         ("is a diagonal pivot that is not positive",
+                          pivots & ~(lower > 0))):
+        where = np.argwhere(bad)
+        if where.size:
+            first = [int(i) for i in where[0]]
+            index = tuple(int(i) for i in np.unravel_index(first[0], batch_shape)) + tuple(
+                first[1:])
+            raise ValueError(
+                f"{name} is not a block Cholesky factor: {name}{list(index)} = "
+                f"{float(lower[tuple(first)])!r} {problem} ({len(where)} such entries)")
+
+
 class BlockCholesky:
     """``M = L L^T`` of a batch of block-banded SPD matrices; factor once, solve many.
 
-    Obtain it from :func:`block_cholesky`. ``lower`` ``(..., T, p+1, n, n)`` holds ``L``
-    in the storage of :class:`BlockBanded` (the strict upper triangles of the diagonal
-    blocks are zero).
+    Usually obtained from :func:`block_cholesky`. ``lower`` ``(..., T, p+1, n, n)`` holds
+    ``L`` in the storage of :class:`BlockBanded` (the strict upper triangles of the
+    diagonal blocks are zero); it is a read-only view.
+
+    Parameters
+    ----------
+    lower : array ``batch_shape + (T, p+1, n, n)`` or ``(prod(batch_shape), T, p+1, n, n)``
+        A block Cholesky factor: finite where read, positive diagonal pivots (checked,
+        ``ValueError`` otherwise). Copied when it is not a C-contiguous writable array.
+    batch_shape : tuple of int
+        The batch shape that ``lower``'s systems flatten.
     """
 
     def __init__(self, lower, batch_shape):
+        if not isinstance(batch_shape, (tuple, list)):
+            raise TypeError(f"batch_shape must be a tuple of non-negative integers; got "
+                            f"{type(batch_shape).__name__} {batch_shape!r}")
+        batch_shape = tuple(check_count(f"batch_shape[{i}]", s)
+                            for i, s in enumerate(batch_shape))
+        lower = as_host_array("lower", lower)
+        check_rank("lower", lower, 4, "(..., T, p+1, n, n)")
+        if lower.shape[-1] != lower.shape[-2]:
+            raise ValueError(f"lower must be square (..., n, n); got shape {lower.shape}")
+        _check_band_shape("lower", lower.shape)
+        core = lower.shape[-4:]
+        allowed = list(dict.fromkeys([batch_shape + core, (math.prod(batch_shape),) + core]))
+        if lower.shape not in allowed:
+            raise ValueError(
+                f"lower must have shape batch_shape + (T, p+1, n, n) = "
+                f"{' or '.join(map(str, allowed))} for batch_shape={batch_shape}; "
+                f"got {lower.shape}")
+        lower = lower.reshape((math.prod(batch_shape),) + core)
+        _check_factor("lower", lower, batch_shape)
+        if not (lower.flags.c_contiguous and lower.flags.writeable):
+            lower = np.array(lower, order="C", copy=True)  # one compiled kernel variant
+        self._init(lower, batch_shape)
+
+    @classmethod
+    def _trusted(cls, lower, batch_shape):
+        """A factor just computed by the kernels (canonical ``(B, T, p+1, n, n)``, C
+        order, info all zero): no checks."""
+        self = cls.__new__(cls)
+        self._init(lower, tuple(batch_shape))
+        return self
+
+    def _init(self, lower, batch_shape):
         self._lower = lower  # canonical (B, T, p+1, n, n), C-contiguous
-        self.batch_shape = tuple(batch_shape)
+        self.batch_shape = batch_shape
 
     @property
     def lower(self):
-        return self._lower.reshape(self.batch_shape + self._lower.shape[1:])
+        """The factor ``(..., T, p+1, n, n)``, a read-only view (writing to it would
+        corrupt later solves)."""
+        view = self._lower.reshape(self.batch_shape + self._lower.shape[1:])
+        view.flags.writeable = False
+        return view
 
     @property
     def n_steps(self):
@@ -174,7 +261,22 @@ class BlockCholesky:
 
     def solve_flat_in_place(self, v, lhs_index):
         """Kernel-level solve: v ``(B, T, n)`` overwritten by the solution; lhs_index
-        ``(B,)`` int64 picks each right-hand side's factor. No checks (internal)."""
+        ``(B,)`` int64 picks each right-hand side's factor. Only the cheap structural
+        checks that keep the kernel in bounds (shapes, dtypes, index range)."""
+        expected = (self.n_steps, self.block_size)
+        if not (isinstance(v, np.ndarray) and v.ndim == 3 and v.shape[1:] == expected
+                and v.dtype == self.dtype and v.flags.c_contiguous and v.flags.writeable):
+            raise ValueError(f"v must be a writable C-contiguous {self.dtype} array of shape "
+                             f"(B, {expected[0]}, {expected[1]})")
+        if not (isinstance(lhs_index, np.ndarray) and lhs_index.dtype == np.int64
+                and lhs_index.shape == v.shape[:1] and lhs_index.flags.c_contiguous):
+            raise ValueError(f"lhs_index must be a C-contiguous int64 array of shape "
+                             f"{v.shape[:1]}")
+        n_factors = self._lower.shape[0]
+        if lhs_index.size and not (0 <= lhs_index.min() and lhs_index.max() < n_factors):
+            raise ValueError(f"lhs_index must lie in [0, {n_factors}) (this factor holds "
+                             f"{n_factors} systems); got values in "
+                             f"[{lhs_index.min()}, {lhs_index.max()}]")
         solve_kernel.for_batch(*v.shape[:2])(self._lower, lhs_index, v)
 
     def logdet(self):
@@ -204,5 +306,5 @@ def block_cholesky(matrix):
     info = np.zeros(lower.shape[0], dtype=np.int64)
     factor_kernel.for_batch(*lower.shape[:2])(lower, info)
     raise_if_failed(info, batch_shape)
-    return BlockCholesky(lower, batch_shape)
+    return BlockCholesky._trusted(lower, batch_shape)
 

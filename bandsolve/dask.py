@@ -29,8 +29,9 @@ What is checked when
 --------------------
 Shapes, ranks, dtypes, weights, ``n_steps`` and the chunking are checked when the graph is
 built (``ValueError`` / ``TypeError``, nothing scheduled). Values (NaN/Inf, non-positive
-steps) and the factorisation are checked by the core inside each task, at compute time; a
-``FactorizationError`` raised there names batch indices relative to its chunk.
+steps) and the factorisation are checked by the core inside each task, at compute time;
+the errors raised there name indices into the whole arrays (each task also receives the
+array positions of its chunk's batch entries, to translate the core's chunk-local ones).
 
 Gradients: refactor in the backward pass
 ----------------------------------------
@@ -81,9 +82,12 @@ from dask.array.utils import meta_from_array
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+import contextlib
+
 import bandsolve
 from bandsolve import _validation as v
 from bandsolve import _problem
+from bandsolve.errors import FactorizationError, InputValueError, factorization_error
 
 __all__ = ["smnn_solve", "smnn_solve_vjp"]
 
@@ -101,14 +105,18 @@ _CORE_AXIS_NAMES = {
 
 # ----------------------------------------------------------------------------- planning
 
-def _as_dask(value):
+def _as_dask(name, value):
     """A Dask array as is; anything else as a single-chunk Dask array (one graph key, so
-    the distributed scheduler sends it to each worker at most once)."""
-    if isinstance(value, da.Array):
-        return value
-    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
-        value = np.asarray(value)
-    return da.from_array(value, chunks=value.shape if value.ndim else ())
+    the distributed scheduler sends it to each worker at most once). Masked arrays (or
+    chunks) are a ``TypeError`` naming ``name``, as in the core."""
+    if not isinstance(value, da.Array):
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")) or isinstance(
+                value, np.ma.MaskedArray):
+            value = v.as_host_array(name, value)
+        value = da.from_array(value, chunks=value.shape if value.ndim else ())
+    if isinstance(value._meta, np.ma.MaskedArray):
+        v.as_host_array(name, value._meta)
+    return value
 
 
 def _check_known_shape(name, array):
@@ -155,7 +163,7 @@ class _Plan:
 
     def __init__(self, coefficients, rhs, init, steps, n_steps, weight_equation, weight_init,
                  weight_smooth, central_smoothness, rechunk):
-        arrays = {name: _as_dask(value) for name, value in
+        arrays = {name: _as_dask(name, value) for name, value in
                   zip(_NAMES, (coefficients, rhs, init, steps))}
         for name, array in arrays.items():
             _check_known_shape(name, array)
@@ -179,6 +187,10 @@ class _Plan:
                             weight_smooth=weights[2], central_smoothness=central_smoothness)
         self.batch_index = tuple(f"b{i}" for i in range(len(self.batch)))
         self.meta_source = self.arrays["coefficients"]._meta
+        # array positions along each batch axis, chunked with the inputs by blockwise:
+        # a task turns the core's chunk-local error indices into whole-array ones
+        self.positions = [da.arange(n, chunks=max(n, 1)) for n in self.batch]
+        self.shapes = {name: a.shape for name, a in self.arrays.items()}
 
     @property
     def u_shape(self):
@@ -192,10 +204,13 @@ class _Plan:
         return batch + tuple(f"{name}_{j}" for j in range(_CORE_NDIM[name]))
 
     def blockwise_args(self, extra=None):
+        """The inputs (and ``extra``), then the position arrays of the batch axes."""
         arrays = dict(self.arrays, **(extra or {}))
         args = []
         for name, array in arrays.items():
             args += [array, self.index(name, array)]
+        for index, positions in zip(self.batch_index, self.positions):
+            args += [positions, (index,)]
         return args
 
 
@@ -211,20 +226,57 @@ def _writable(array):
     return array
 
 
-def _solve_chunk(coefficients, rhs, init, steps, *, options):
+def _array_index(local, shape, n_core, positions):
+    """A chunk-local index into an input (or batch) of whole-array ``shape`` whose last
+    ``n_core`` axes are not chunked, as an index into the whole array. ``positions`` are
+    the chunk's array positions along every axis of the full batch (right-aligned)."""
+    n_batch = len(shape) - n_core
+    offset = len(positions) - n_batch
+    return tuple(
+        int(i) if a >= n_batch or shape[a] == 1 else int(positions[offset + a][i])
+        for a, i in enumerate(local))
+
+
+@contextlib.contextmanager
+def _whole_array_errors(shapes, positions):
+    """Re-raise the core's located errors with whole-array indices: a bad value in input
+    ``name`` (``shapes[name]``), a failed system of the left-hand-side batch (``shapes``
+    None: a chunk called on its own, indices left as they are)."""
+    try:
+        yield
+    except InputValueError as error:
+        if shapes is None or error.argument not in shapes:
+            raise
+        raise error.at(_array_index(error.index, shapes[error.argument],
+                                    _CORE_NDIM[error.argument], positions)) from None
+    except FactorizationError as error:
+        if shapes is None:
+            raise
+        lhs_batch = v.broadcast_batch(coefficients=shapes["coefficients"][:-4],
+                                      steps=shapes["steps"][:-1])
+        indices = [_array_index(i, lhs_batch, 0, positions) for i in error.batch_indices]
+        raise factorization_error(indices, error.steps, int(np.prod(lhs_batch)),
+                                  what="S-MNN normal matrix") from None
+
+
+def _solve_chunk(coefficients, rhs, init, steps, *positions, options, shapes=None):
     """One task of the forward graph: the core solve of one chunk of whole sequences."""
-    return bandsolve.smnn_solve(*map(_writable, (coefficients, rhs, init, steps)), **options)
+    with _whole_array_errors(shapes, positions):
+        return bandsolve.smnn_solve(*map(_writable, (coefficients, rhs, init, steps)),
+                                    **options)
 
 
-def _vjp_chunk(coefficients, rhs, init, steps, ubar, *, options, n_lead):
+def _vjp_chunk(coefficients, rhs, init, steps, ubar, *positions, options, n_lead,
+               shapes=None):
     """One task of the backward graph: refactor, solve, and the core's VJP of one chunk.
 
     Returns the four gradients, each summed by the core over the axes its input broadcast
     within the chunk, with ``n_lead[i]`` leading length-1 axes added so that every
     gradient has the full number of batch axes."""
-    _, vjp = bandsolve.smnn_solve_vjp(*map(_writable, (coefficients, rhs, init, steps)),
-                                      **options)
-    grads = vjp(_writable(ubar))
+    with _whole_array_errors(shapes, positions):
+        _, vjp = bandsolve.smnn_solve_vjp(*map(_writable, (coefficients, rhs, init, steps)),
+                                          **options)
+        grads = vjp(_writable(ubar))
     return tuple(g.reshape((1,) * lead + g.shape) for g, lead in zip(grads, n_lead))
 
 
@@ -270,7 +322,7 @@ def _forward(plan):
         concatenate=True, dtype=plan.dtype,
         meta=meta_from_array(plan.meta_source, ndim=len(out_index), dtype=plan.dtype),
         name="smnn_solve-" + tokenize(plan.arrays, plan.options),
-        options=plan.options)
+        options=plan.options, shapes=plan.shapes)
 
 
 def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
@@ -293,7 +345,7 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
 
 
 def _backward(plan, ubar, inputs_were_dask):
-    ubar = _as_dask(ubar)
+    ubar = _as_dask("ubar", ubar)
     _check_known_shape("ubar", ubar)
     if ubar.shape != plan.u_shape:
         raise ValueError(f"ubar must have the shape of u, {plan.u_shape}; got {ubar.shape}")
@@ -306,7 +358,8 @@ def _backward(plan, ubar, inputs_were_dask):
     chunk_grads = da.blockwise(
         _vjp_chunk, plan.batch_index, *plan.blockwise_args({"ubar": ubar}),
         concatenate=True, meta=np.empty((0,) * n_batch, dtype=object),
-        name="smnn_solve_vjp-" + token, options=plan.options, n_lead=n_lead)
+        name="smnn_solve_vjp-" + token, options=plan.options, n_lead=n_lead,
+        shapes=dict(plan.shapes, ubar=ubar.shape))
     batch_chunks = chunk_grads.chunks
     keys = _flat_keys(chunk_grads)
 

@@ -9,6 +9,7 @@ reuse (the "frozen left-hand side").
 """
 
 from . import _backend
+from . import _validation
 from .cpu import driver as host
 from .cpu.driver import SMNNFactorization
 
@@ -128,11 +129,13 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
                             weight_smooth=weight_smooth, central_smoothness=central_smoothness,
                             stream=stream, check=check, algorithm=algorithm, with_vjp=True)
     _backend.host_options(stream, algorithm)
+    # private copies: the vjp must not see later changes to the caller's rhs or u
+    rhs = _validation.as_host_array("rhs", rhs).copy()
     u, _, backward = host.solve(coefficients, rhs, init, steps, n_steps=n_steps,
                                 weight_equation=weight_equation, weight_init=weight_init,
                                 weight_smooth=weight_smooth,
                                 central_smoothness=central_smoothness, check=check)
-    return u, backward
+    return u.copy(), backward
 
 
 def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,

@@ -361,3 +361,67 @@ def test_automatic_kernel_shape(monkeypatch):
     assert config.choose_algorithm(6, 1727, 256, 1) == "partitioned"
     assert config.choose_algorithm(24, 100, 10**5, 1) == "block"
     assert config.choose_algorithm(3, 5, 4, 1) == "thread"  # too short to split
+
+
+# ----------------------------------------------------------------------------- bad input (issue 15)
+
+def test_no_equations_same_as_host_and_oracle():
+    """E = 0 with initial values of every order (which pin the Taylor rows' polynomial
+    null space): the device solves it like the host, within solve_rtol of the oracle."""
+    c, r, g, h = make_problem(400, batch=(2,), T=6, E=0, D=2, O=3, Ti=1, Oi=3)
+    expected, cond = oracle_solve(c, r, g, h)
+    u = to_host(bandsolve.smnn_solve(*to_device(c, r, g, h)))
+    assert_rel_close(u, expected, solve_rtol(np.float64, cond), "u (E = 0)")
+    assert_rel_close(u, bandsolve.smnn_solve(c, r, g, h), 2 * solve_rtol(np.float64, cond),
+                     "u (E = 0) host")
+
+
+def test_vjp_does_not_see_later_mutation_on_the_device():
+    """The device VJP keeps private copies: changing u, rhs, coefficients or steps after
+    the call does not change the gradients."""
+    c, r, g, h = make_problem(410, batch=(2,), T=5, E=2, D=1, O=3, Ti=1, Oi=2)
+    ubar = np.random.default_rng(411).standard_normal((2, 5, 1, 3))
+    _, vjp = bandsolve.smnn_solve_vjp(*to_device(c, r, g, h))
+    expected = [to_host(x) for x in vjp(cuda.to_device(ubar))]
+    dc, dr, dg, dh = to_device(c, r, g, h)
+    u, vjp = bandsolve.smnn_solve_vjp(dc, dr, dg, dh)
+    u.copy_to_device(to_host(u) + 100.0)
+    for device_array, host in ((dc, c), (dr, r), (dh, h)):
+        device_array.copy_to_device(host + 5.0)
+    for name, got, want in zip(NAMES, vjp(cuda.to_device(ubar)), expected):
+        np.testing.assert_array_equal(to_host(got), want, err_msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("bad", ["nan", "zero_pivot"])
+def test_from_lower_marks_a_bad_factor_failed(bad):
+    """A NaN or a zero pivot in a given factor: the system is failed in the status (no
+    synchronisation by default), its results are NaN, check() names it; the other system
+    is unaffected."""
+    c, r, g, h = make_problem(420, batch=(2,), T=6, E=2, D=1, O=3, Ti=1, Oi=2)
+    lower = bandsolve.smnn_factor(c, h, init_shape=(1, 2)).lower.copy()
+    if bad == "nan":
+        lower[1, 3, 1, 0, 2] = np.nan
+    else:
+        lower[1, 3, 0, 1, 1] = 0.0
+    dc, dr, dg, dh = to_device(c, r, g, h)
+    rebuilt = bandsolve.SMNNFactorization.from_lower(cuda.to_device(lower), dc, dh,
+                                                     init_shape=(1, 2))
+    assert rebuilt.status.to_host().tolist() == [0, 4]
+    u = to_host(rebuilt.solve(dr, dg))
+    assert np.all(np.isnan(u[1])) and np.all(np.isfinite(u[0]))
+    with pytest.raises(bandsolve.FactorizationError, match=r"\(1,\) at time step 3"):
+        rebuilt.status.check()
+
+
+@pytest.mark.parametrize("kw_bad, exc, name", [
+    (dict(weight_smooth="2"), TypeError, "weight_smooth"),
+    (dict(central_smoothness="no"), TypeError, "central_smoothness"),
+    (dict(n_steps=True), TypeError, "n_steps"),
+])
+def test_bad_scalars_same_error_on_the_device(kw_bad, exc, name):
+    c, r, g, h = make_problem(430, batch=(2,), T=5, E=2, D=1, O=3, Ti=1, Oi=2)
+    with pytest.raises(exc, match=name):
+        bandsolve.smnn_solve(*to_device(c, r, g, h), **kw_bad)
+    with pytest.raises(TypeError, match="init_shape"):
+        bandsolve.smnn_factor(*to_device(c, h), init_shape=None)

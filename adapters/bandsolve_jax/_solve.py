@@ -65,8 +65,10 @@ def _as_jax_arrays(**values):
     x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
     arrays, dtypes = {}, []
     for name, value in values.items():
+        if isinstance(value, np.ma.MaskedArray):  # JAX would drop the mask silently
+            _validation.as_host_array(name, value)
         if getattr(value, "dtype", None) is None:  # Python numbers and lists
-            value = jnp.asarray(value)
+            value = _validation.as_host_array(name, value)
         dtype = _validation.check_dtype(name, value.dtype)
         if dtype == np.float64 and not x64:
             raise TypeError(
@@ -96,7 +98,7 @@ def _check_shapes(arrays, n_steps, weight_equation, weight_init, weight_smooth,
                             f"weights are static (pass them outside jit's traced arguments)")
     problem = _problem.describe(
         *arrays, n_steps=n_steps, weight_equation=weight_equation, weight_init=weight_init,
-        weight_smooth=weight_smooth, central_smoothness=bool(central_smoothness))
+        weight_smooth=weight_smooth, central_smoothness=central_smoothness)
     we, wi, ws = problem.weights
     return Static(n_steps=problem.n_steps, init_shape=problem.init_shape,
                   weight_equation=we, weight_init=wi, weight_smooth=ws,

@@ -56,7 +56,12 @@ def _from_core(array, device):
     """A core result (NumPy or CuPy array) as a contiguous tensor on ``device``."""
     if device.type == "cuda":
         return torch.from_dlpack(array).contiguous()
-    return torch.from_numpy(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        # a factorisation's read-only .lower, handed over: the tensor is its only user
+        array = array.view()
+        array.flags.writeable = True
+    return torch.from_numpy(array)
 
 
 @contextlib.contextmanager

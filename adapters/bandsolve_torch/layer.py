@@ -5,7 +5,10 @@ import math
 import torch
 from torch import nn
 
-from .solve import smnn_solve
+from bandsolve._validation import (check_count, check_flag, check_init_shape,
+                                   check_weight)
+
+from .solve import _options, smnn_solve
 
 
 class MechanisticLayer(nn.Module):
@@ -61,14 +64,24 @@ class MechanisticLayer(nn.Module):
                  weight_init=1.0, weight_smooth=1.0, central_smoothness=False,
                  dtype=torch.float64, device=None):
         super().__init__()
+        n_steps = check_count("n_steps", n_steps, minimum=1)
+        n_dims = check_count("n_dims", n_dims, minimum=1)
+        n_orders = check_count("n_orders", n_orders, minimum=1)
         self.n_steps, self.n_dims, self.n_orders = n_steps, n_dims, n_orders
-        self.n_equations = n_dims if n_equations is None else n_equations
-        self.init_shape = (1, n_orders - 1) if init_shape is None else tuple(init_shape)
+        self.n_equations = n_dims if n_equations is None else check_count("n_equations",
+                                                                          n_equations)
+        self.init_shape = ((1, n_orders - 1) if init_shape is None
+                           else check_init_shape(init_shape))
+        if self.init_shape[0] > n_steps or self.init_shape[1] > n_orders:
+            raise ValueError(f"init_shape {self.init_shape} exceeds (n_steps, n_orders) = "
+                             f"{(n_steps, n_orders)}")
+        for name, flag in (("learn_steps", learn_steps), ("shared_step", shared_step)):
+            check_flag(name, flag)
+        step_size = check_weight("step_size", step_size)
         self.solver_options = dict(
             n_steps=n_steps, weight_equation=weight_equation, weight_init=weight_init,
             weight_smooth=weight_smooth, central_smoothness=central_smoothness)
-        if not step_size > 0:
-            raise ValueError(f"step_size must be positive; got {step_size!r}")
+        _options(n_steps, weight_equation, weight_init, weight_smooth, central_smoothness)
         # softplus(raw) == step_size at initialisation
         raw = math.log(math.expm1(step_size))
         shape = (1,) if shared_step else (max(n_steps - 1, 1),)

@@ -1,11 +1,11 @@
 """Differentiable S-MNN solves on tensors: :func:`smnn_solve` and :class:`FrozenLHS`."""
 
 import functools
-import operator
 
 import torch
 
 import bandsolve
+from bandsolve import _validation
 
 from . import _ops
 
@@ -17,6 +17,10 @@ def _same_dtype_and_device(**tensors):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__} "
                             f"(convert with torch.as_tensor)")
+        if not tensor.dtype.is_floating_point:
+            # no silent promotion of integer (or complex) tensors, as in the core
+            raise TypeError(f"{name} has dtype {tensor.dtype}; bandsolve works in float32 or "
+                            f"float64 (convert with .to(torch.float64) or .to(torch.float32))")
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
@@ -26,9 +30,13 @@ def _same_dtype_and_device(**tensors):
 
 
 def _options(n_steps, weight_equation, weight_init, weight_smooth, central_smoothness):
-    # Custom-op arguments are plain Python scalars; the core validates their values.
-    return (None if n_steps is None else operator.index(n_steps), float(weight_equation),
-            float(weight_init), float(weight_smooth), bool(central_smoothness))
+    """Custom-op arguments as plain Python scalars, checked by the core's rules (weights
+    real and positive, the flag a bool, n_steps a true int)."""
+    return (None if n_steps is None else _validation.check_count("n_steps", n_steps, 1),
+            _validation.check_weight("weight_equation", weight_equation),
+            _validation.check_weight("weight_init", weight_init),
+            _validation.check_weight("weight_smooth", weight_smooth),
+            _validation.check_flag("central_smoothness", central_smoothness))
 
 
 def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
@@ -107,7 +115,7 @@ class FrozenLHS:
         self.steps = steps.detach().clone()
         self.options = _options(n_steps, weight_equation, weight_init, weight_smooth,
                                 central_smoothness)
-        self.init_shape = tuple(init_shape)
+        self.init_shape = _validation.check_init_shape(init_shape)
         with _ops._current_stream(self.device):
             factorization = bandsolve.smnn_factor(
                 _ops._to_core(self.coefficients), _ops._to_core(self.steps),

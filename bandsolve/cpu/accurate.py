@@ -270,8 +270,10 @@ def refined_solve_kernel(coefficients, steps, lhs_index, rhs, rhs_index, init, i
     """Solve every right-hand side with its left-hand side's factor and refine.
 
     with_beta: the least-squares problem of (rhs, init), x ``(B, T, n)`` overwritten with
-    the solution; otherwise ``M y = extra`` ``(B, T, n)`` (x receives y). info ``(B,)``:
-    0 or -1 (refinement did not converge; x is then NaN).
+    the solution; otherwise ``M y = extra`` ``(B, T, n)`` (x receives y; x may be extra
+    itself, solved in place). info ``(B,)``:
+    0 or -1 (refinement did not converge; x is then NaN, or extra again for the plain
+    system).
     """
     n_steps = x.shape[1]
     n = x.shape[2]
@@ -283,17 +285,25 @@ def refined_solve_kernel(coefficients, steps, lhs_index, rhs, rhs_index, init, i
         lb = lhs_index[i]
         c, h = coefficients[lb], steps[lb]
         r, gi = rhs[rhs_index[i]], init[init_index[i]]
+        # the plain system's right-hand side, kept: x may be the same array as extra
+        target = np.empty((n_steps, n) if not with_beta else (1, 1))
         if with_beta:
             solve_with_factor(c, r, gi, n_orders, we2, wi2, lower[lb], x[i])
         else:
             for t in range(n_steps):
                 for k in range(n):
-                    x[i, t, k] = extra[i, t, k]
+                    target[t, k] = extra[i, t, k]
+                    x[i, t, k] = target[t, k]
             forward_substitute(lower[lb], x[i])
             backward_substitute(lower[lb], x[i])
         status = refine(c, h, r, gi, n_orders, n_init_steps, n_init_orders, we2, wi2, ws2,
-                        central, with_beta, extra[i] if not with_beta else g, lower[lb],
-                        x[i], g, rows, drows, QR_MAX_STEPS, math.inf)
+                        central, with_beta, target, lower[lb], x[i], g, rows, drows,
+                        QR_MAX_STEPS, math.inf)
         info[i] = 0 if status == CONVERGED else -1
         if info[i] != 0:
-            _fill_nan(x[i])
+            if with_beta:
+                _fill_nan(x[i])
+            else:  # give the right-hand side back, for a retry with another factor
+                for t in range(n_steps):
+                    for k in range(n):
+                        x[i, t, k] = target[t, k]

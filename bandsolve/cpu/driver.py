@@ -25,6 +25,10 @@ from .accurate import (
 )
 from .smnn import assemble_kernel, assemble_rhs_kernel, gradient_kernel
 
+# VJP with a shared left-hand side: systems per gradient-kernel call (at least the lhs
+# batch) chosen so one call's per-system coefficients_bar holds about this many numbers
+_GRADIENT_CHUNK_ELEMENTS = 2**21
+
 # The host computes in float64 whatever the inputs' dtype: the normal equations square
 # the condition number, and float32 rows cannot hold the accuracy a user expects
 # (results are returned in the inputs' dtype).
@@ -91,7 +95,8 @@ class _LeftHandSide:
     def flat_rhs(self, rhs, init, batch):
         """Right-hand-side inputs flattened for the kernels, with their index maps over
         the full batch ``batch``: ``(rhs_flat, rhs_index, init_flat, init_index, lhs_index)``."""
-        rhs_flat = _kernel_array(rhs, COMPUTE_DTYPE).reshape((-1,) + rhs.shape[-2:])
+        rhs_flat = _kernel_array(rhs, COMPUTE_DTYPE).reshape(
+            (math.prod(rhs.shape[:-2]),) + rhs.shape[-2:])  # -1 fails for E = 0
         lhs_index = v.flat_batch_index(self.batch_shape, batch)
         rhs_index = v.flat_batch_index(rhs.shape[:-2], batch)
         if init.size:
@@ -155,7 +160,7 @@ def _factor_lhs(lhs, check=True):
         lhs.coefficients, lhs.steps, *lhs.kernel_scalars(), lower, info)
     if check:
         _raise_if_failed(info, lhs.batch_shape)
-    return SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape), info, check)
+    return SMNNFactorization(lhs, BlockCholesky._trusted(lower, lhs.batch_shape), info, check)
 
 
 def _raise_if_failed(status, batch_shape):
@@ -220,6 +225,7 @@ class SMNNFactorization:
         self._lhs = lhs
         self.cholesky = cholesky
         self._check_default = check
+        self._owns_lower = True  # False: the caller's array (from_lower), copy before writing
         n_lhs = math.prod(lhs.batch_shape)
         self._info = (np.zeros(n_lhs, dtype=np.int64) if status is None
                       else np.asarray(status, dtype=np.int64).reshape(n_lhs))
@@ -263,7 +269,9 @@ class SMNNFactorization:
         if lower.shape != expected:
             raise ValueError(f"lower must have shape {expected}; got {lower.shape}")
         flat = _kernel_array(lower, dtype=COMPUTE_DTYPE).reshape((-1,) + expected[-4:])
-        return cls(lhs, BlockCholesky(flat, lhs.batch_shape))
+        factorization = cls(lhs, BlockCholesky(flat, lhs.batch_shape))
+        factorization._owns_lower = not np.shares_memory(factorization.cholesky._lower, lower)
+        return factorization
 
     @property
     def batch_shape(self):
@@ -332,6 +340,10 @@ class SMNNFactorization:
         lhs_failed = self._info[lhs_index] != 0
         retry = np.flatnonzero((status != 0) & ~lhs_failed)
         if retry.size:
+            if not self._owns_lower:  # never write into the caller's factor
+                self.cholesky = BlockCholesky._trusted(lower.copy(), lhs.batch_shape)
+                lower = self.cholesky._lower
+                self._owns_lower = True
             which = np.unique(lhs_index[retry])
             info = np.zeros(which.size, dtype=np.int64)
             qr_factor_kernel.for_batch(which.size, lhs.n_steps)(
@@ -378,7 +390,9 @@ class SMNNFactorization:
 
     def _solve_vjp(self, rhs, init, batch, check=True):
         x, _ = self._solve(rhs, init, batch, check=check)
-        return self._shape_u(x, batch), lambda ubar: self._backward(rhs, init, batch, x, ubar)
+        rhs = rhs.copy()  # the vjp must not see later changes to the caller's rhs or u
+        return self._shape_u(x.copy(), batch), lambda ubar: self._backward(rhs, init, batch,
+                                                                           x, ubar)
 
     def backward(self, rhs, init, u, ubar):
         """Gradients from a solution computed earlier, for frameworks that keep residuals
@@ -410,8 +424,8 @@ class SMNNFactorization:
                              f"got {ubar.shape}") from None
         ubar = np.array(ubar, dtype=COMPUTE_DTYPE, order="C").reshape(x.shape)
         rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
-        # y = M^{-1} ubar, refined like the forward solve (residual ubar - A^T A y)
-        y = np.empty_like(ubar)
+        # y = M^{-1} ubar in place, refined like the forward solve (residual ubar - A^T A y)
+        y = ubar
         status = self._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index, y,
                                extra=ubar)
         forward_failed = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
@@ -425,12 +439,31 @@ class SMNNFactorization:
         lhs = self._lhs
         B = x.shape[0]
         we, wi, ws = lhs.weights
-        coefficients_bar = np.empty((B,) + lhs.coefficients.shape[1:], dtype=COMPUTE_DTYPE)
-        rhs_bar = np.empty((B,) + rhs_flat.shape[1:], dtype=COMPUTE_DTYPE)
-        steps_bar = np.empty((B, lhs.steps.shape[1]), dtype=COMPUTE_DTYPE)
-        gradient_kernel.for_batch(*x.shape[:2])(
-            lhs.coefficients, lhs.steps, lhs_index, rhs_flat, rhs_index, x, y, lhs.n_orders,
-            we * we, ws * ws, lhs.central, coefficients_bar, rhs_bar, steps_bar)
+        n_lhs, n_rhs = lhs.coefficients.shape[0], rhs_flat.shape[0]
+        # The kernel writes per-system gradients. With a shared left-hand side (or rhs)
+        # they are summed into the input's own batch chunk by chunk, so the full batch's
+        # coefficients_bar (E times the size of u) is never allocated.
+        chunk = B if n_lhs == n_rhs == B else max(
+            n_lhs, 1, _GRADIENT_CHUNK_ELEMENTS // max(1, lhs.coefficients[0].size))
+        chunk = min(chunk, B)
+        coefficients_bar = np.empty((chunk,) + lhs.coefficients.shape[1:], dtype=COMPUTE_DTYPE)
+        rhs_bar = np.empty((chunk,) + rhs_flat.shape[1:], dtype=COMPUTE_DTYPE)
+        steps_bar = np.empty((chunk, lhs.steps.shape[1]), dtype=COMPUTE_DTYPE)
+        sums = (coefficients_bar, rhs_bar, steps_bar)
+        if chunk < B:
+            sums = tuple(np.zeros((rows,) + a.shape[1:], dtype=COMPUTE_DTYPE) for rows, a in
+                         zip((n_lhs, n_rhs, n_lhs), sums))
+        for start in range(0, B, max(chunk, 1)):
+            part = slice(start, min(start + chunk, B))
+            m = part.stop - start
+            gradient_kernel.for_batch(m, x.shape[1])(
+                lhs.coefficients, lhs.steps, lhs_index[part], rhs_flat, rhs_index[part],
+                x[part], y[part], lhs.n_orders, we * we, ws * ws, lhs.central,
+                coefficients_bar[:m], rhs_bar[:m], steps_bar[:m])
+            if chunk < B:
+                for total, index, values in zip(sums, (lhs_index, rhs_index, lhs_index),
+                                                (coefficients_bar, rhs_bar, steps_bar)):
+                    np.add.at(total, index[part], values[:m])
         D, O = lhs.n_dims, lhs.n_orders
         Ti, Oi = lhs.n_init_steps, lhs.n_init_orders
         if Ti * Oi:
@@ -438,12 +471,15 @@ class SMNNFactorization:
             init_bar = v.sum_to_shape(wi * wi * y4[..., :Ti, :, :Oi], init_shape)
         else:
             init_bar = np.zeros(init_shape, dtype=lhs.dtype)
-        coefficients_bar = coefficients_bar.reshape(
-            batch + lhs.coefficients_shape[-4:])
-        grads = (v.sum_to_shape(coefficients_bar, lhs.coefficients_shape),
-                 v.sum_to_shape(rhs_bar.reshape(batch + rhs_shape[-2:]), rhs_shape),
+        coefficients_bar, rhs_bar, steps_bar = sums
+        # batch each sum belongs to: the full batch, or the input's own (flattened) batch
+        lhs_batch = batch if chunk == B else lhs.batch_shape
+        rhs_batch = batch if chunk == B else rhs_shape[:-2]
+        grads = (v.sum_to_shape(coefficients_bar.reshape(lhs_batch + lhs.coefficients_shape[-4:]),
+                                lhs.coefficients_shape),
+                 v.sum_to_shape(rhs_bar.reshape(rhs_batch + rhs_shape[-2:]), rhs_shape),
                  init_bar,
-                 v.sum_to_shape(steps_bar.reshape(batch + lhs.steps_shape[-1:]),
+                 v.sum_to_shape(steps_bar.reshape(lhs_batch + lhs.steps_shape[-1:]),
                                 lhs.steps_shape))
         return tuple(g.astype(lhs.dtype, copy=False) for g in grads)
 
@@ -491,7 +527,7 @@ def solve(coefficients, rhs, init, steps, *, check=None, **options):
             *lhs.kernel_scalars(), lower, info, x)
         if check:
             _raise_if_failed(info, lhs.batch_shape)
-        factorization = SMNNFactorization(lhs, BlockCholesky(lower, lhs.batch_shape),
+        factorization = SMNNFactorization(lhs, BlockCholesky._trusted(lower, lhs.batch_shape),
                                           np.maximum(info, 0), check)
     else:
         factorization = _factor_lhs(lhs, check)

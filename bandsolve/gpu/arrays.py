@@ -110,6 +110,29 @@ def flat(view):
     return view.reshape(view.size)
 
 
+@cuda.jit
+def factor_status_kernel(lower, info):
+    """Per system ``s`` of lower ``(B, T, p+1, n, n)`` (a factor given by the caller):
+    ``info[s]`` = 0, or ``t + 1`` for the first block row ``t`` with a non-finite read
+    cell or a diagonal pivot that is not positive (the solves then give NaN)."""
+    s = cuda.grid(1)
+    if s >= info.shape[0]:
+        return
+    info[s] = 0
+    n = lower.shape[3]
+    for t in range(lower.shape[1]):
+        for j in range(min(lower.shape[2], t + 1)):  # cells with t - j < 0 are never read
+            for a in range(n):
+                for b in range(n if j > 0 else a + 1):
+                    if not math.isfinite(lower[s, t, j, a, b]):
+                        info[s] = t + 1
+                        return
+        for a in range(n):
+            if not lower[s, t, 0, a, a] > 0:
+                info[s] = t + 1
+                return
+
+
 def copy_broadcast(device, src, shape, dtype):
     """A new C-contiguous device array of ``shape`` and ``dtype`` holding ``src``
     broadcast (NumPy rules) and cast. Returns ``(user_array, numba_view)``."""

@@ -242,6 +242,9 @@ class DeviceSMNNFactorization:
 
     def _solve_vjp(self, device, rhs, init, batch):
         u, x = self._solve(device, rhs, init, batch)
+        # the vjp keeps private copies: later changes to the caller's rhs or u (a view of
+        # x) must not change the gradients
+        rhs, x = (arrays.copy_broadcast(device, a, shape_of(a), a.dtype)[1] for a in (rhs, x))
 
         def vjp(ubar, *, stream=None):
             call = device if stream is None else Device.for_inputs((ubar,), stream)
@@ -434,6 +437,8 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     if check:
         _check_values(device, coefficients=c, rhs=r, init=g, steps=h)
     c, r, g, h = (arrays.as_dtype(device, a, problem.dtype) for a in views)
+    if with_vjp:  # the vjp reads coefficients and steps: keep private copies
+        c, h = (arrays.copy_broadcast(device, a, shape_of(a), a.dtype)[1] for a in (c, h))
     lhs = _DeviceLHS(device, problem, c, h)
     batch = problem.batch
     factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs, math.prod(batch)))
@@ -467,8 +472,10 @@ def factor(coefficients, steps, *, init_shape, n_steps, weight_equation, weight_
 
 def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equation,
                weight_init, weight_smooth, central_smoothness, stream, algorithm):
-    """Device ``SMNNFactorization.from_lower``: no refactorisation (the status reads
-    success; ``lower`` is trusted as a factor, as on the host)."""
+    """Device ``SMNNFactorization.from_lower``: no refactorisation. ``lower`` is checked on
+    the device without synchronising: a system whose factor is not finite where read or
+    has a non-positive diagonal pivot is failed in ``.status`` (results NaN; ``check()``
+    raises), where the host path raises ``ValueError``."""
     device = Device.for_inputs((lower, coefficients, steps), stream)
     lower = numba_view("lower", lower, device)
     c = numba_view("coefficients", coefficients, device)
@@ -501,7 +508,10 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
                           storage.reshape((storage.size // n_lhs, n_lhs)))
     else:
         lower_user, storage = device.as_user(flat_lower), flat_lower
+    # lower is checked without synchronising: a system whose factor is not finite or has
+    # a non-positive pivot is marked failed in the status (its solves give NaN)
     info_user, info = arrays.zeros(device, (n_lhs,), np.int64)
+    device.launch(arrays.factor_status_kernel, n_lhs, flat_lower, info)
     status = Status(info_user, info, lhs.batch_shape, device)
     return DeviceSMNNFactorization(lhs, algorithm, lower_user, storage, status, device)
 
