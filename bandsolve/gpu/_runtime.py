@@ -38,6 +38,9 @@ def device_function(helper):
         namespace = dict(func.__globals__)
         for name in func.__code__.co_names:
             value = namespace.get(name)
+            if value is np or value is numba:
+                raise TypeError(_NUMPY_IN_HELPER.format(
+                    f"{func.__module__}.{func.__qualname__}", value.__name__, name))
             if isinstance(value, CPUDispatcher) or _is_package_function(value):
                 namespace[name] = device_function(value)
             elif name in _DEVICE_BUILTINS and name not in func.__globals__:
@@ -48,6 +51,15 @@ def device_function(helper):
         compiled = cuda.jit(device=True)(clone)
         _device_functions[func] = compiled
     return compiled
+
+
+# The rule that makes a shared helper compile for both targets: it uses plain Python
+# arithmetic, loops, `math` and other helpers, never NumPy or Numba functions (the CUDA
+# target implements few of them, e.g. no np.reciprocal; the simulator accepts them all, so
+# only this check or compile_check catches them on a machine without a GPU).
+_NUMPY_IN_HELPER = ("{} refers to the module {} (as {!r}): helpers shared by the CPU and "
+                    "CUDA kernels may use only plain arithmetic, loops, math and other "
+                    "helpers (see bandsolve/gpu/_runtime.py::device_function)")
 
 
 def _min2(a, b):
