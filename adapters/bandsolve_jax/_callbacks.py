@@ -106,10 +106,14 @@ def _on_device(run, static, ctx, outputs, args):
     """
     import cupy  # the [cuda] extra; only reached when JAX runs on a CUDA device
 
+    from bandsolve.gpu._runtime import cupy_view
+
+    # cupy_view, not cupy.asarray: the buffers' interface names XLA's stream, and
+    # cupy.asarray would synchronise the host with it; everything here runs on that stream
     with cupy.cuda.ExternalStream(ctx.stream):
-        results = run(static, *(cupy.asarray(a) for a in args))
+        results = run(static, *(cupy_view(a) for a in args))
         for buffer, result in zip(outputs, results):
-            cupy.asarray(buffer)[...] = result
+            cupy_view(buffer)[...] = result
 
 
 _DLPACK_CPU = 1  # DLPack's kDLCPU; a CUDA buffer reports kDLCUDA (2)

@@ -14,6 +14,10 @@ THREADS_PER_BLOCK = 128
 #: Threads per block of the one-block-per-system kernels (threads own block rows).
 BLOCK_THREADS = 32
 
+#: Threads per output entry of the reduction over broadcast axes (a power of two;
+#: *compile-time*: the size of its shared-memory scratch).
+REDUCE_THREADS = 128
+
 #: Largest block size ``n = D*O`` factored by one thread per system; larger blocks get a
 #: cooperating thread block per system.
 THREAD_MAX_BLOCK_SIZE = 12
