@@ -156,18 +156,28 @@ def torch_adapter(problem, backward):
 
 def jax_adapter(problem, backward):
     import jax
-    import jax.numpy as jnp
 
     import bandsolve_jax
 
-    arrays = [jax.device_put(jnp.asarray(a), jax.devices("gpu")[0]) for a in problem]
+    x64 = problem[0].dtype == np.float64  # JAX keeps float64 only with x64 enabled
+    with jax.enable_x64(x64):
+        arrays = [jax.device_put(a, jax.devices("gpu")[0]) for a in problem]
     forward = jax.jit(bandsolve_jax.smnn_solve)
+    grad = jax.jit(jax.grad(lambda *a: bandsolve_jax.smnn_solve(*a).sum(),
+                            argnums=(0, 1, 2, 3)))
+    notes = {"device_ms": "not measured (XLA streams)"}
+
+    def run_forward():
+        with jax.enable_x64(x64):
+            return forward(*arrays).block_until_ready()
+
+    def run_both():
+        with jax.enable_x64(x64):
+            return jax.block_until_ready(grad(*arrays))
+
     if not backward:
-        return (lambda: forward(*arrays).block_until_ready()), wall_timed, \
-            lambda: np.asarray(forward(*arrays)), {"device_ms": "not measured (XLA streams)"}
-    grad = jax.jit(jax.grad(lambda *a: bandsolve_jax.smnn_solve(*a).sum(), argnums=(0, 1, 2, 3)))
-    return (lambda: jax.block_until_ready(grad(*arrays))), wall_timed, None, \
-        {"device_ms": "not measured (XLA streams)"}
+        return run_forward, wall_timed, lambda: np.asarray(run_forward()), notes
+    return run_both, wall_timed, None, notes
 
 
 def load_reference(path):
