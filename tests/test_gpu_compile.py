@@ -48,5 +48,5 @@ def test_every_kernel_compiles_for_sm90():
     assert result.returncode == 0, report
     found = re.search(r"^(\d+) of (\d+) kernels compiled for sm_90", result.stdout, re.M)
     assert found and found.group(1) == found.group(2), report
-    assert int(found.group(2)) >= 34, report  # 17 kernels x float32/float64 at least
+    assert int(found.group(2)) >= 34, report  # 16 kernels x float32/float64, plus the strided-factor solves
     assert "FAILED" not in result.stdout and "NOT COVERED" not in result.stdout, report

@@ -123,17 +123,22 @@ def rel_diff(a, b):
 def core(problem, backward):
     import cupy
 
+    from bandsolve.gpu import config
+
+    c, r = problem[0], problem[1]
+    notes = {"algorithm": config.choose_algorithm(c.shape[-2] * c.shape[-1], r.shape[-2],
+                                                  math.prod(r.shape[:-2]), 1)}
     inputs = [cupy.asarray(a) for a in problem]
     if not backward:
         return (lambda: bandsolve.smnn_solve(*inputs)), cupy_timed, \
-            lambda: cupy.asnumpy(bandsolve.smnn_solve(*inputs)), {}
+            lambda: cupy.asnumpy(bandsolve.smnn_solve(*inputs)), notes
     u, _ = bandsolve.smnn_solve_vjp(*inputs)
     ubar = cupy.ones_like(u)
 
     def both():
         _, vjp = bandsolve.smnn_solve_vjp(*inputs)
         return vjp(ubar)
-    return both, cupy_timed, None, {}
+    return both, cupy_timed, None, notes
 
 
 def torch_adapter(problem, backward):

@@ -152,6 +152,24 @@ def find_nvvm():
                        "point CUDA_HOME at a CUDA toolkit")
 
 
+def enable_disk_cache():
+    """Switch on Numba's disk cache for every kernel of the backend (in this process only),
+    so that a second run with the same NUMBA_CACHE_DIR skips compilation. Returns how many
+    kernels use it."""
+    import importlib
+
+    from numba.cuda.dispatcher import CUDADispatcher
+
+    count = 0
+    for name in ("arrays", "thread", "block", "partitioned", "gradient"):
+        module = importlib.import_module(f"bandsolve.gpu.{name}")
+        for value in vars(module).values():
+            if isinstance(value, CUDADispatcher) and not value.targetoptions.get("device"):
+                value.enable_caching()
+                count += 1
+    return count
+
+
 def _dense_reference(problem):
     """Least-squares solution of every system from the dense rows (NumPy, float64)."""
     import numpy as np
@@ -205,6 +223,9 @@ def preflight(report):
                  driver=cupy.cuda.runtime.driverGetVersion())
     import bandsolve
     from bandsolve.problems import coupled_oscillators
+
+    report.write(section="preflight", case="disk cache", kernels=enable_disk_cache(),
+                 folder=os.environ.get("NUMBA_CACHE_DIR"))
 
     problem = coupled_oscillators((2,), 24, n_dims=2, n_orders=3, seed=3)
     expected, cond = _dense_reference(problem)

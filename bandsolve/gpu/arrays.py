@@ -29,6 +29,7 @@ def source_row(i, shape, strides):
 
 
 _source_row = device_function(source_row)
+_REDUCE_THREADS = config.REDUCE_THREADS  # a module constant: CUDA needs a literal size
 
 
 @cuda.jit
@@ -59,7 +60,7 @@ def reduce_rows_kernel(full, out, extents, strides, keep):
     idx = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     n_threads = cuda.blockDim.x
-    partial = cuda.shared.array(config.REDUCE_THREADS, numba.float64)
+    partial = cuda.shared.array(_REDUCE_THREADS, numba.float64)
     n_inner = out.shape[1]
     r = idx // n_inner
     col = idx % n_inner

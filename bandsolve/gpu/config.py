@@ -2,8 +2,8 @@
 
 Constants marked *compile-time* are baked into the kernels when they are first compiled;
 change them before the first device call. The thresholds are starting points to be
-measured on the target GPU (``tools/gpu_check.sh`` times every algorithm at every
-benchmark shape and reports which one the rule picked).
+measured on the target GPU (``tools/gpu_check.sh`` times the paper's shapes and records
+which kernel shape the rule picked for each).
 """
 
 import math
