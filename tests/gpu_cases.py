@@ -425,3 +425,54 @@ def test_bad_scalars_same_error_on_the_device(kw_bad, exc, name):
         bandsolve.smnn_solve(*to_device(c, r, g, h), **kw_bad)
     with pytest.raises(TypeError, match="init_shape"):
         bandsolve.smnn_factor(*to_device(c, h), init_shape=None)
+
+# ----------------------------------------------------------------------------- thread counts
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("central", [False, True])
+def test_fewer_threads_than_rows(monkeypatch, central, threads):
+    """Thread counts below the block size n = 5 (2 threads: rows 3 + 2; 3 threads: 2 + 2 + 1),
+    so every ``range(tid, n, n_threads)`` loop of the block kernels takes several rows per
+    thread; the one-thread-per-item kernels run in several blocks with a partial last one,
+    and the reduction over the shared coefficients and steps (12 rows each) sums several
+    rows per thread before its tree. Compared with the host backend and the dense oracle."""
+    monkeypatch.setattr(config, "BLOCK_THREADS", threads)
+    monkeypatch.setattr(config, "THREADS_PER_BLOCK", threads)
+    monkeypatch.setattr(config, "REDUCE_THREADS", threads + threads % 2)  # a power of two
+    problem = make_problem(80, batch=(3,), T=5, E=2, D=1, O=5, Ti=1, Oi=3, coef_batch=(),
+                           steps_batch=(1,))
+    u_ref, cond = oracle_solve(*problem, **kw(central))
+    u_cpu, vjp_cpu = bandsolve.smnn_solve_vjp(*problem, **kw(central))
+    dev = to_device(*problem)
+    factorization = bandsolve.smnn_factor(dev[0], dev[3], init_shape=(1, 3), **kw(central),
+                                          algorithm="block")
+    host = bandsolve.smnn_factor(problem[0], problem[3], init_shape=(1, 3), **kw(central))
+    rtol = solve_rtol(np.float64, cond)
+    assert_rel_close(to_host(factorization.lower), host.lower, rtol, "lower")
+    u, vjp = factorization.solve_vjp(dev[1], dev[2])
+    assert_rel_close(to_host(u), u_ref, rtol, "u vs dense")
+    assert_rel_close(to_host(u), u_cpu, 2 * rtol, "u vs CPU")
+    ubar = np.random.default_rng(81).standard_normal(u.shape)
+    for name, g, g_cpu in zip(NAMES, vjp(cuda.to_device(ubar)), vjp_cpu(ubar)):
+        assert_rel_close(to_host(g), g_cpu, 10 * 2 * rtol, f"{name}_bar vs CPU")
+
+
+@pytest.mark.parametrize("algorithm", ["thread", "block"])
+def test_from_lower_takes_both_layouts_without_copies(algorithm):
+    """``.lower`` of a thread factorisation is a strided view of its storage, which
+    ``from_lower`` takes back as it is; a C-contiguous factor (what a framework may hand
+    back) is read through a strided view. Both solve like the host factorisation."""
+    c, r, g, h = make_problem(90, batch=(2, 2), T=6, E=2, D=1, O=3, Ti=1, Oi=2)
+    host = bandsolve.smnn_factor(c, h, init_shape=(1, 2), **kw(True))
+    dc, dr, dg, dh = to_device(c, r, g, h)
+    factorization = bandsolve.smnn_factor(dc, dh, init_shape=(1, 2), **kw(True),
+                                          algorithm=algorithm)
+    lower = factorization.lower
+    assert_rel_close(to_host(lower), host.lower, 1e-12, "lower")
+    u_host = host.solve(r, g)
+    for given in (lower, cuda.to_device(np.ascontiguousarray(to_host(lower)))):
+        rebuilt = bandsolve.SMNNFactorization.from_lower(given, dc, dh, init_shape=(1, 2),
+                                                         **kw(True), algorithm=algorithm)
+        if algorithm == "thread" and given is lower:  # the very same memory, no copy
+            assert np.shares_memory(rebuilt._lower._ary, factorization._lower._ary)
+        assert_rel_close(to_host(rebuilt.solve(dr, dg)), u_host, 1e-12, "u from_lower")

@@ -116,9 +116,20 @@ def _on_device(run, static, ctx, outputs, args):
     import cupy  # the [cuda] extra; only reached when JAX runs on a CUDA device
 
     with cupy.cuda.ExternalStream(ctx.stream):
-        results = run(static, *(cupy.asarray(a) for a in args))
+        results = run(static, *(_cupy_array(cupy, a) for a in args))
         for buffer, result in zip(outputs, results):
-            cupy.asarray(buffer)[...] = result
+            _cupy_array(cupy, buffer)[...] = result
+
+
+def _cupy_array(cupy, buffer):
+    """The buffer as a CuPy array, no copy. Not ``cupy.asarray`` when the buffer has a
+    ``__cuda_array_interface__``: one that names XLA's stream would make CuPy synchronise
+    the host with it, and everything here runs on that stream anyway."""
+    if hasattr(buffer, "__cuda_array_interface__"):
+        from bandsolve.gpu._runtime import cupy_view
+
+        return cupy_view(buffer)
+    return cupy.asarray(buffer)
 
 
 _DLPACK_CPU = 1  # DLPack's kDLCPU; a CUDA buffer reports kDLCUDA (2)

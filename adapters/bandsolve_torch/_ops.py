@@ -64,6 +64,29 @@ def _from_core(array, device):
     return torch.from_numpy(array)
 
 
+def _lower_from_core(lower, device):
+    """The factor as a tensor with the core's strides on CUDA: the thread kernels' factor is
+    a strided view (system index innermost) that ``from_lower`` takes back as it is, so
+    neither direction copies it. Its strides are those :func:`_lower_strides` predicts."""
+    if device.type == "cuda":
+        return torch.from_dlpack(lower)
+    return _from_core(lower, device)
+
+
+def _lower_strides(lower_shape, lhs_batch, device):
+    """Element strides of the factor the operator returns (what the fake must declare):
+    C order, except on CUDA for blocks the thread kernels factor (n <= 12)."""
+    n = lower_shape[-1]
+    if device.type != "cuda":
+        return None
+    from bandsolve.gpu import config  # CUDA only: imports numba.cuda
+    from bandsolve.gpu.smnn import thread_lower_strides
+
+    if n > config.THREAD_MAX_BLOCK_SIZE:
+        return None
+    return thread_lower_strides(tuple(lower_shape), tuple(lhs_batch), 1)  # itemsize 1: elements
+
+
 @contextlib.contextmanager
 def _current_stream(device):
     """On CUDA, make PyTorch's current stream CuPy's current stream for the core call."""
@@ -111,7 +134,7 @@ def smnn_solve_op(coefficients: Tensor, rhs: Tensor, init: Tensor, steps: Tensor
             c, r, g, s, n_steps=n_steps, weight_equation=weight_equation,
             weight_init=weight_init, weight_smooth=weight_smooth,
             central_smoothness=central_smoothness)
-        return _from_core(u, device), _from_core(factorization.lower, device)
+        return _from_core(u, device), _lower_from_core(factorization.lower, device)
 
 
 @torch.library.custom_op("bandsolve::smnn_solve_factored", mutates_args=())
@@ -165,7 +188,12 @@ def _shapes(coefficients, rhs, init, steps, n_steps, central):
 def _(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init, weight_smooth,
       central_smoothness):
     u_shape, lower_shape = _shapes(coefficients, rhs, init, steps, n_steps, central_smoothness)
-    return coefficients.new_empty(u_shape), coefficients.new_empty(lower_shape)
+    lhs_batch = torch.broadcast_shapes(coefficients.shape[:-4], steps.shape[:-1])
+    strides = _lower_strides(lower_shape, lhs_batch, coefficients.device)
+    lower = (coefficients.new_empty(lower_shape) if strides is None else
+             torch.empty_strided(lower_shape, strides, dtype=coefficients.dtype,
+                                 device=coefficients.device))
+    return coefficients.new_empty(u_shape), lower
 
 
 @smnn_solve_factored_op.register_fake

@@ -122,7 +122,7 @@ class FrozenLHS:
                 init_shape=self.init_shape,
                 n_steps=n_steps, weight_equation=weight_equation, weight_init=weight_init,
                 weight_smooth=weight_smooth, central_smoothness=central_smoothness)
-            self.lower = _ops._from_core(factorization.lower, self.device)
+            self.lower = _ops._lower_from_core(factorization.lower, self.device)
 
     @property
     def dtype(self):

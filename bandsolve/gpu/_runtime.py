@@ -37,6 +37,9 @@ def device_function(helper):
         namespace = dict(func.__globals__)
         for name in func.__code__.co_names:
             value = namespace.get(name)
+            if value is np or value is numba:
+                raise TypeError(_NUMPY_IN_HELPER.format(
+                    f"{func.__module__}.{func.__qualname__}", value.__name__, name))
             if isinstance(value, CPUDispatcher) or _is_package_function(value):
                 namespace[name] = device_function(value)
             elif name in _DEVICE_BUILTINS and name not in func.__globals__:
@@ -47,6 +50,15 @@ def device_function(helper):
         compiled = cuda.jit(device=True)(clone)
         _device_functions[func] = compiled
     return compiled
+
+
+# The rule that makes a shared helper compile for both targets: it uses plain Python
+# arithmetic, loops, `math` and other helpers, never NumPy or Numba functions (the CUDA
+# target implements few of them, e.g. no np.reciprocal; the simulator accepts them all, so
+# only this check or compile_check catches them on a machine without a GPU).
+_NUMPY_IN_HELPER = ("{} refers to the module {} (as {!r}): helpers shared by the CPU and "
+                    "CUDA kernels may use only plain arithmetic, loops, math and other "
+                    "helpers (see bandsolve/gpu/_runtime.py::device_function)")
 
 
 def _min2(a, b):
@@ -100,6 +112,76 @@ def numba_view(name, value, device=None):
     return value
 
 
+def numba_view_strided(value):
+    """A Numba device-array view of a device input with its own strides (no copy)."""
+    if _is_numba_array(value):
+        return value
+    return cuda.as_cuda_array(value, sync=False)
+
+
+class _Interface:
+    """``__cuda_array_interface__`` of a strided view of ``base``'s memory (keeps it alive)."""
+
+    def __init__(self, base, ptr, shape, strides, typestr):
+        self._base = base
+        # stream None: the consumer must not synchronise; ordering comes from the stream
+        self.__cuda_array_interface__ = dict(shape=tuple(shape), strides=tuple(strides),
+                                             data=(ptr, False), typestr=typestr, version=3,
+                                             stream=None)
+
+
+def device_pointer(view):
+    """Device address of a Numba view's first element (0 for an empty array)."""
+    return int(view.device_ctypes_pointer.value or 0)
+
+
+def strided_view(view, shape, strides):
+    """A Numba view of ``view``'s memory with ``shape`` and byte ``strides`` (no copy; the
+    caller makes sure it stays inside ``view``)."""
+    shape, strides = tuple(int(s) for s in shape), tuple(int(s) for s in strides)
+    if SIMULATOR:
+        array = np.lib.stride_tricks.as_strided(view._ary, shape, strides)
+        return type(view)(array)
+    return cuda.as_cuda_array(_Interface(view, device_pointer(view), shape, strides,
+                                         np.dtype(view.dtype).str), sync=False)
+
+
+def _extent_bytes(shape, strides, itemsize):
+    if 0 in shape:
+        return 0
+    return itemsize + sum((n - 1) * abs(s) for n, s in zip(shape, strides))
+
+
+def cupy_view(value):
+    """A CuPy array sharing the memory of anything with ``__cuda_array_interface__``, without
+    the stream synchronisation that ``cupy.asarray`` performs when the interface names a
+    stream: the callers here work on that same stream, so ordering is already given."""
+    import cupy
+
+    desc = getattr(value, "__cuda_array_interface__", None)
+    if desc is None:  # a DLPack-only producer: asked on CuPy's current stream, no wait
+        return cupy.from_dlpack(value)
+    shape = tuple(desc["shape"])
+    dtype = np.dtype(desc["typestr"])
+    strides = desc.get("strides")
+    if strides is None:
+        strides = _c_strides(shape, dtype.itemsize)
+    ptr = int(desc["data"][0] or 0)
+    size = _extent_bytes(shape, strides, dtype.itemsize)
+    if size == 0:
+        return cupy.empty(shape, dtype=dtype)
+    memory = cupy.cuda.UnownedMemory(ptr, size, value, cupy.cuda.runtime.getDevice())
+    return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(memory, 0), strides=strides)
+
+
+def _c_strides(shape, itemsize):
+    strides, stride = [], itemsize
+    for extent in reversed(shape):
+        strides.append(stride)
+        stride *= max(int(extent), 1)
+    return tuple(reversed(strides))
+
+
 def shape_of(array):
     """``array.shape`` as a plain tuple of ints (the simulator's shapes are not tuples)."""
     return tuple(int(s) for s in array.shape)
@@ -147,8 +229,10 @@ def stream_ptr(stream):
 
 class Device:
     """Per-call device context: the array kind of the results, the stream, allocation and
-    launches. Allocation uses CuPy's memory pool for CuPy callers (stream ordered, no
-    implicit synchronisation) and Numba's allocator otherwise."""
+    launches. Allocation uses CuPy's memory pool whenever CuPy is installed, for Numba-array
+    callers too (stream ordered, no implicit synchronisation; Numba's allocator frees
+    memory in batches with ``cuMemFree``, which synchronises the device), and Numba's
+    allocator otherwise."""
 
     def __init__(self, kind, stream):
         self.kind = kind
@@ -163,7 +247,7 @@ class Device:
         """Context in which CuPy works on this call's stream (its memory pool is stream
         ordered): a no-op when that is CuPy's current stream already."""
         ptr = stream_ptr(self.stream)
-        if self.kind != "cupy" or ptr == stream_ptr_of_cupy_current():
+        if ptr == stream_ptr_of_cupy_current():
             return contextlib.nullcontext()
         import cupy
 
@@ -173,13 +257,19 @@ class Device:
         """``(user_array, numba_view)`` of a new uninitialised device array."""
         shape = tuple(int(s) for s in shape)
         dtype = np.dtype(dtype)
-        if self.kind == "cupy":
-            import cupy
-
-            with self.cupy_stream():
+        cupy = None if SIMULATOR else _cupy_or_none()
+        if cupy is not None:
+            # a Numba caller's device is Numba's current one, which CuPy need not share
+            where = (contextlib.nullcontext() if self.kind == "cupy"
+                     else cupy.cuda.Device(cuda.get_current_device().id))
+            with where, self.cupy_stream():
                 array = cupy.empty(shape, dtype=dtype)
             view = cuda.as_cuda_array(array, sync=False) if array.size else None
-            return array, view
+            if self.kind == "cupy":
+                return array, view
+            if view is None:  # Numba caller, empty result: nothing to keep alive
+                view = cuda.device_array(shape, dtype=dtype, stream=self.stream)
+            return view, view
         array = cuda.device_array(shape, dtype=dtype, stream=self.stream)
         return array, array
 
@@ -204,12 +294,29 @@ class Device:
         kernel[n_blocks, threads, self.stream](*args)
 
     def as_user(self, view):
-        """A numba view as an array of the caller's kind (zero-copy)."""
+        """A numba view as an array of the caller's kind (zero-copy, no synchronisation)."""
         if self.kind == "cupy":
-            import cupy
-
-            return cupy.asarray(view)
+            return cupy_view(view)
         return view
+
+    def strided(self, view, shape, strides):
+        """``(user_array, numba_view)`` of ``view``'s memory with ``shape`` and byte
+        ``strides``, no copy."""
+        new_view = strided_view(view, shape, strides)
+        if self.kind == "cupy":
+            return cupy_view(new_view), new_view
+        return new_view, new_view
+
+
+def _cupy_or_none():
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        return cupy
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
 
 
 def stream_ptr_of_cupy_current():

@@ -1,5 +1,5 @@
-"""Elementwise device kernels and array-level helpers: broadcast/cast copies, fills, the
-layout transpose, reductions over broadcast axes, and the opt-in value checks.
+"""Elementwise device kernels and array-level helpers: broadcast/cast copies, fills,
+reductions over broadcast axes, and the opt-in value checks.
 
 Index maps (``shape``/``strides`` tuples) come from ``_runtime.batch_maps`` and
 ``_runtime.reduce_map``; :func:`source_row` decodes them on the device.
@@ -7,10 +7,12 @@ Index maps (``shape``/``strides`` tuples) come from ``_runtime.batch_maps`` and
 
 import math
 
+import numba
 import numpy as np
 from numba import cuda
 
 from .. import _validation as v
+from . import config
 from ._runtime import batch_maps, device_function, reduce_map, shape_of
 
 
@@ -27,6 +29,7 @@ def source_row(i, shape, strides):
 
 
 _source_row = device_function(source_row)
+_REDUCE_THREADS = config.REDUCE_THREADS  # a module constant: CUDA needs a literal size
 
 
 @cuda.jit
@@ -47,25 +50,18 @@ def fill_kernel(dst, value):
 
 
 @cuda.jit
-def transpose_kernel(src, dst):
-    """``dst[j, i] = src[i, j]`` for src ``(R, C)`` and dst ``(C, R)``."""
-    k = cuda.grid(1)
-    rows, cols = src.shape
-    if k < rows * cols:
-        i = k // cols
-        j = k % cols
-        dst[j, i] = src[i, j]
-
-
-@cuda.jit
 def reduce_rows_kernel(full, out, extents, strides, keep):
     """``out[r, k] = sum full[row, k]`` over the rows ``row`` of ``full`` ``(R, K)`` that map
-    to row ``r`` of ``out`` ``(R_out, K)``: axes with ``keep`` 0 are summed (one thread per
-    output entry, accumulated in float64)."""
-    idx = cuda.grid(1)
+    to row ``r`` of ``out`` ``(R_out, K)``: axes with ``keep`` 0 are summed.
+
+    One thread block per output entry (block index ``r * K + k``); its threads (a power of
+    two, at most ``config.REDUCE_THREADS``) sum interleaved rows in float64, then a tree in
+    shared memory adds the partial sums (a fixed order: the result is reproducible)."""
+    idx = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    n_threads = cuda.blockDim.x
+    partial = cuda.shared.array(_REDUCE_THREADS, numba.float64)
     n_inner = out.shape[1]
-    if idx >= out.shape[0] * n_inner:
-        return
     r = idx // n_inner
     col = idx % n_inner
     base = 0
@@ -78,7 +74,7 @@ def reduce_rows_kernel(full, out, extents, strides, keep):
         else:
             count *= extents[a]
     total = 0.0
-    for m in range(count):
+    for m in range(tid, count, n_threads):
         row = base
         rest = m
         for a in range(len(extents) - 1, -1, -1):
@@ -86,7 +82,25 @@ def reduce_rows_kernel(full, out, extents, strides, keep):
                 row += (rest % extents[a]) * strides[a]
                 rest //= extents[a]
         total += full[row, col]
-    out[r, col] = total
+    partial[tid] = total
+    cuda.syncthreads()
+    width = n_threads // 2
+    while width > 0:
+        if tid < width:
+            partial[tid] += partial[tid + width]
+        cuda.syncthreads()
+        width //= 2
+    if tid == 0:
+        out[r, col] = partial[0]
+
+
+def reduce_threads(count):
+    """Threads per output entry for summing ``count`` rows: the smallest power of two that
+    covers them, at most ``config.REDUCE_THREADS``."""
+    threads = 1
+    while threads < count and threads < config.REDUCE_THREADS:
+        threads *= 2
+    return threads
 
 
 @cuda.jit
@@ -165,7 +179,9 @@ def reduce_to(device, full, full_rows, target_rows, n_inner, out):
     extents, strides, keep = reduce_map(full_rows, target_rows)
     out2 = out.reshape(out.size // n_inner, n_inner)
     full2 = full.reshape(full.size // n_inner, n_inner)
-    device.launch(reduce_rows_kernel, out.size, full2, out2, extents, strides, keep)
+    count = (full.size // n_inner) // max(out.size // n_inner, 1)  # rows per output row
+    device.launch_blocks(reduce_rows_kernel, out.size, reduce_threads(count), full2, out2,
+                         extents, strides, keep)
 
 
 # ----------------------------------------------------------------------------- value checks

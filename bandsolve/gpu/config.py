@@ -2,8 +2,8 @@
 
 Constants marked *compile-time* are baked into the kernels when they are first compiled;
 change them before the first device call. The thresholds are starting points to be
-measured on the target GPU (``tools/gpu_check.sh`` times every algorithm at every
-benchmark shape and reports which one the rule picked).
+measured on the target GPU (``tools/gpu_check.sh`` times the paper's shapes and records
+which kernel shape the rule picked for each).
 """
 
 import math
@@ -13,6 +13,10 @@ THREADS_PER_BLOCK = 128
 
 #: Threads per block of the one-block-per-system kernels (threads own block rows).
 BLOCK_THREADS = 32
+
+#: Threads per output entry of the reduction over broadcast axes (a power of two;
+#: *compile-time*: the size of its shared-memory scratch).
+REDUCE_THREADS = 128
 
 #: Largest block size ``n = D*O`` factored by one thread per system; larger blocks get a
 #: cooperating thread block per system.

@@ -28,7 +28,7 @@ from .. import _validation as v
 from ..cpu.partitioned import n_chunks_for
 from ..errors import raise_if_failed
 from . import arrays, block, config, gradient, partitioned, thread
-from ._runtime import Device, batch_maps, numba_view, shape_of
+from ._runtime import Device, batch_maps, numba_view, numba_view_strided, shape_of
 
 _WHAT = "S-MNN normal matrix"
 _NAMES = ("coefficients", "rhs", "init", "steps")
@@ -183,9 +183,12 @@ class DeviceSMNNFactorization:
 
     @property
     def lower(self):
-        """The block Cholesky factor ``(..., T, p+1, n, n)`` (left-hand-side batch), a new
-        device array for ``"thread"`` (its storage is system-innermost). Not available for
-        the parallel-in-time factorisation, which is a different factorisation of ``M``."""
+        """The block Cholesky factor ``(..., T, p+1, n, n)`` (left-hand-side batch), no copy.
+
+        For ``"thread"`` it is a strided view of the system-innermost storage (not
+        C-contiguous: ``numpy.moveaxis(storage, -1, 0)``); :meth:`from_lower` recognises
+        that layout and uses it as it is. Not available for the parallel-in-time
+        factorisation, which is a different factorisation of ``M``."""
         lhs = self._lhs
         shape = lhs.batch_shape + (lhs.n_steps, lhs.bandwidth + 1, lhs.block_size,
                                    lhs.block_size)
@@ -193,14 +196,11 @@ class DeviceSMNNFactorization:
             raise ValueError(
                 "a parallel-in-time factorisation has no block Cholesky factor to return; "
                 "factor with algorithm='thread' or 'block' to carry .lower")
-        if self.algorithm == "block":
+        if self.algorithm == "block" or self._lower is None:
             return self._lower_user.reshape(shape)
-        n_lhs = math.prod(lhs.batch_shape)
-        user, out = self._device.empty((n_lhs, math.prod(shape[-4:])), lhs.dtype)
-        if out is not None and out.size:
-            src = self._lower.reshape((shape_of(out)[1], n_lhs))
-            self._device.launch(arrays.transpose_kernel, out.size, src, out)
-        return user.reshape(shape)
+        return self._device.strided(self._lower, shape,
+                                    thread_lower_strides(shape, lhs.batch_shape,
+                                                         lhs.dtype.itemsize))[0]
 
     # -- solves
     def _check(self, device, rhs, init):
@@ -369,6 +369,26 @@ class DeviceSMNNFactorization:
         return (results["coefficients"], results["rhs"], results["init"], results["steps"])
 
 
+def thread_lower_strides(shape, batch_shape, itemsize):
+    """Byte strides of the user-shaped ``(..., T, p+1, n, n)`` view of the thread kernels'
+    system-innermost storage ``(T, p+1, n, n, Bl)``."""
+    n_lhs = math.prod(batch_shape)
+    inner, stride = [], itemsize * n_lhs
+    for extent in reversed(shape[-4:]):
+        inner.append(stride)
+        stride *= extent
+    outer, stride = [], itemsize
+    for extent in reversed(batch_shape):
+        outer.append(stride)
+        stride *= extent
+    return tuple(reversed(outer)) + tuple(reversed(inner))
+
+
+def _same_layout(shape, strides, expected):
+    """Strides agree on every axis of extent > 1 (the others are never stepped along)."""
+    return all(n == 1 or a == b for n, a, b in zip(shape, strides, expected))
+
+
 def _block_threads(block_size):
     return max(1, min(config.BLOCK_THREADS, block_size))
 
@@ -477,7 +497,8 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
     has a non-positive diagonal pivot is failed in ``.status`` (results NaN; ``check()``
     raises), where the host path raises ``ValueError``."""
     device = Device.for_inputs((lower, coefficients, steps), stream)
-    lower = numba_view("lower", lower, device)
+    given = lower
+    lower = numba_view_strided(lower)
     c = numba_view("coefficients", coefficients, device)
     h = numba_view("steps", steps, device)
     problem = _problem.describe_lhs(
@@ -498,20 +519,34 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
     if algorithm not in ("thread", "block"):
         raise ValueError("from_lower rebuilds a block Cholesky factorisation: algorithm must "
                          f"be 'auto', 'thread' or 'block'; got {algorithm!r}")
-    lower = arrays.as_dtype(device, lower, lhs.dtype)
-    flat_lower = lower.reshape((n_lhs, T, p + 1, n, n))
-    if algorithm == "thread":
-        lower_user, storage = device.empty((T, p + 1, n, n, n_lhs), lhs.dtype)
-        if storage is not None and storage.size:
-            device.launch(arrays.transpose_kernel, storage.size,
-                          flat_lower.reshape((n_lhs, storage.size // n_lhs)),
-                          storage.reshape((storage.size // n_lhs, n_lhs)))
+    itemsize = lhs.dtype.itemsize
+    thread_strides = thread_lower_strides(expected, lhs.batch_shape, itemsize)
+    strides = tuple(int(s) for s in lower.strides)
+    flat_lower = None
+    if (algorithm == "thread" and lower.dtype == lhs.dtype and math.prod(expected)
+            and _same_layout(expected, strides, thread_strides)):
+        # .lower of a thread factorisation: its storage, as it is
+        storage_shape = (T, p + 1, n, n, n_lhs)
+        storage_strides = thread_strides[len(lhs.batch_shape):] + (itemsize,)
+        lower_user, storage = device.strided(lower, storage_shape, storage_strides)
     else:
-        lower_user, storage = device.as_user(flat_lower), flat_lower
-    # lower is checked without synchronising: a system whose factor is not finite or has
-    # a non-positive pivot is marked failed in the status (its solves give NaN)
+        if not lower.is_c_contiguous() or lower.dtype != lhs.dtype:
+            lower = arrays.as_dtype(device, numba_view("lower", given, device), lhs.dtype)
+        flat_lower = lower.reshape((n_lhs, T, p + 1, n, n))
+        if algorithm == "thread" and flat_lower.size:
+            # the thread kernels read system s as storage[..., s]: a strided view of the
+            # caller's (Bl, T, p+1, n, n) array, no transposed copy
+            c_strides = tuple(int(s) for s in flat_lower.strides)
+            lower_user, storage = device.strided(
+                flat_lower, (T, p + 1, n, n, n_lhs), c_strides[1:] + c_strides[:1])
+        else:
+            lower_user, storage = device.as_user(flat_lower), flat_lower
     info_user, info = arrays.zeros(device, (n_lhs,), np.int64)
-    device.launch(arrays.factor_status_kernel, n_lhs, flat_lower, info)
+    if flat_lower is not None:
+        # lower is checked without synchronising: a system whose factor is not finite or
+        # has a non-positive pivot is marked failed in the status (its solves give NaN).
+        # (A factor in the thread kernels' own strided layout is this library's .lower.)
+        device.launch(arrays.factor_status_kernel, n_lhs, flat_lower, info)
     status = Status(info_user, info, lhs.batch_shape, device)
     return DeviceSMNNFactorization(lhs, algorithm, lower_user, storage, status, device)
 

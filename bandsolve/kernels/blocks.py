@@ -7,8 +7,6 @@ meaningful; these helpers never read its strict upper triangle.
 
 import math
 
-import numpy as np
-
 from .._jit import jit_helper
 
 
@@ -69,7 +67,7 @@ def right_solve_lower_transpose(x, l):
     n = x.shape[0]
     for i in range(n):
         # one division per column instead of per entry: the division is the slow part
-        inverse = np.reciprocal(l[i, i])  # keeps float32 in float32
+        inverse = 1.0 / l[i, i]  # float64 (CUDA has no np.reciprocal); the product rounds once
         for r in range(n):
             value = x[r, i]
             for k in range(i):
