@@ -23,7 +23,7 @@ from .smnn import (
     smnn_solve_vjp,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "BlockBanded",

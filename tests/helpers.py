@@ -407,10 +407,15 @@ EXAMPLES_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "e
 
 def run_example(name, tmp_path, *extra):
     """Run ``examples/name --quick --json --plot`` in a subprocess; returns
-    ``(metrics, stdout)``. Fails on a non-zero exit or a missing/invalid PNG."""
+    ``(metrics, stdout)``. Fails on a non-zero exit or a missing/invalid PNG; skips when
+    matplotlib (the ``[examples]`` or ``[bench]`` extra) is not installed."""
     import json
     import subprocess
     import sys
+
+    import pytest
+
+    pytest.importorskip("matplotlib", reason="the examples write a plot: the [examples] extra")
 
     json_path, png_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
     result = subprocess.run(
