@@ -9,8 +9,10 @@ factorisation for reuse (the "frozen left-hand side").
 """
 
 import math
+from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validation as v
 from .banded import BlockBanded, BlockCholesky
@@ -22,6 +24,9 @@ from .cpu.smnn import (
     gradient_kernel,
 )
 from .errors import raise_if_failed
+
+# (coefficients_bar, rhs_bar, init_bar, steps_bar), each the shape of its input
+Gradients = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 _LAYOUTS = {
     "coefficients": "(..., T or 1, E, D, O)",
@@ -277,6 +282,34 @@ class SMNNFactorization:
     matrix (``cholesky``, a :class:`~bandsolve.BlockCholesky`, batch = the left-hand-side
     batch) and the flattened coefficients and steps needed for gradients. It is a plain
     value: keep it as long as the coefficients and steps are unchanged, drop it otherwise.
+    Solving with it never changes it.
+
+    Attributes
+    ----------
+    cholesky : BlockCholesky
+        The factor of the normal matrix, batch = the left-hand-side batch.
+
+    Examples
+    --------
+    A damped oscillator ``u'' + 0.3 u' + 4 u = 0`` on 100 steps of 0.01, factored once and
+    solved for 8 right-hand sides at once (their batch axis broadcasts against the
+    factor's empty batch):
+
+    >>> import numpy as np, bandsolve
+    >>> T = 100
+    >>> coefficients = np.zeros((T, 1, 1, 3)); coefficients[...] = [4.0, 0.3, 1.0]
+    >>> steps = np.full(T - 1, 0.01)
+    >>> factor = bandsolve.smnn_factor(coefficients, steps, init_shape=(1, 2))
+    >>> factor
+    SMNNFactorization(batch_shape=(), T=100, E=1, D=1, O=3, init_shape=(1, 2), \
+central_smoothness=False, dtype=float64)
+    >>> rhs = np.zeros((8, T, 1))                     # (B, T, E)
+    >>> init = np.array([[[1.0, 0.0]]])               # (Ti, D, Oi)
+    >>> factor.solve(rhs, init).shape                 # (B, T, D, O)
+    (8, 100, 1, 3)
+    >>> u = bandsolve.smnn_solve(coefficients, rhs[0], init, steps)
+    >>> np.allclose(factor.solve(rhs[0], init), u)
+    True
     """
 
     def __init__(self, lhs, cholesky):
@@ -284,8 +317,10 @@ class SMNNFactorization:
         self.cholesky = cholesky
 
     @property
-    def lower(self):
-        """The block Cholesky factor ``(..., T, p+1, n, n)`` (left-hand-side batch)."""
+    def lower(self) -> np.ndarray:
+        """The block Cholesky factor ``(..., T, p+1, n, n)`` (left-hand-side batch, block
+        size ``n = D*O``, bandwidth ``p`` 1 or 2): what an adapter keeps as an array and
+        hands back to :meth:`from_lower`. A view: do not write to it."""
         return self.cholesky.lower
 
     @classmethod
@@ -294,7 +329,13 @@ class SMNNFactorization:
                    central_smoothness=False, stream=None, algorithm="auto"):
         """Rebuild a factorisation from its ``lower`` factor (as returned by ``.lower``)
         and the same arguments as :func:`smnn_factor`, without refactoring. For adapters
-        that must carry the factor between forward and backward passes as an array."""
+        that must carry the factor between forward and backward passes as an array.
+
+        ``lower`` must have the shape ``(..., T, p+1, n, n)`` that those arguments imply
+        (``ValueError`` otherwise); it is cast to the coefficients' dtype (a copy only
+        when needed). Nothing checks that ``lower`` really factors that matrix: pass
+        only a ``.lower`` computed from the same ``coefficients`` and ``steps``.
+        """
         if _on_device(lower=lower, coefficients=coefficients, steps=steps):
             return _gpu().from_lower(lower, coefficients, steps, init_shape=init_shape,
                                      n_steps=n_steps, weight_equation=weight_equation,
@@ -316,15 +357,18 @@ class SMNNFactorization:
         return cls(lhs, BlockCholesky(flat, lhs.batch_shape))
 
     @property
-    def batch_shape(self):
+    def batch_shape(self) -> tuple[int, ...]:
+        """The left-hand-side batch ``...`` (of ``coefficients`` and ``steps`` broadcast)."""
         return self._lhs.batch_shape
 
     @property
-    def n_steps(self):
+    def n_steps(self) -> int:
+        """The sequence length ``T``."""
         return self._lhs.n_steps
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """float32 or float64; ``rhs`` and ``init`` must have this dtype."""
         return self._lhs.dtype
 
     def __repr__(self):
@@ -362,19 +406,30 @@ class SMNNFactorization:
         lhs = self._lhs
         return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders))
 
-    def solve(self, rhs, init):
+    def solve(self, rhs: ArrayLike, init: ArrayLike) -> np.ndarray:
         """Solve for new ``rhs`` ``(..., T or 1, E)`` and ``init`` ``(..., Ti, D, Oi)``.
 
         Their batch axes broadcast against the factorisation's. Returns ``u``
-        ``(..., T, D, O)``.
+        ``(..., T, D, O)`` in :attr:`dtype`, equal to :func:`smnn_solve` with the same
+        inputs. Two block substitutions per system, no refactorisation.
+
+        Raises ``ValueError`` for shapes that do not match the factorisation (including
+        an ``init`` whose ``(Ti, Oi)`` differs from ``init_shape``), batch axes that do
+        not broadcast, or NaN/Inf values; ``TypeError`` for a dtype other than
+        :attr:`dtype` or a device array.
         """
         rhs, init, batch = self._check(rhs, init)
         x, _ = self._solve(rhs, init, batch)
         return self._shape_u(x, batch)
 
-    def solve_vjp(self, rhs, init):
+    def solve_vjp(self, rhs: ArrayLike, init: ArrayLike,
+                  ) -> tuple[np.ndarray, Callable[[ArrayLike], Gradients]]:
         """Like :meth:`solve`, and also return ``vjp(ubar) -> (coefficients_bar, rhs_bar,
-        init_bar, steps_bar)``, each the shape of its input, reusing this factorisation."""
+        init_bar, steps_bar)``, each the shape of its input, reusing this factorisation.
+
+        Returns ``(u, vjp)``; ``ubar`` ``(..., T, D, O)`` (or broadcastable to it) is the
+        gradient of a scalar loss with respect to ``u``. Errors as for :meth:`solve`.
+        """
         rhs, init, batch = self._check(rhs, init)
         return self._solve_vjp(rhs, init, batch)
 
@@ -382,7 +437,8 @@ class SMNNFactorization:
         x, _ = self._solve(rhs, init, batch)
         return self._shape_u(x, batch), lambda ubar: self._backward(rhs, init, batch, x, ubar)
 
-    def backward(self, rhs, init, u, ubar):
+    def backward(self, rhs: ArrayLike, init: ArrayLike, u: ArrayLike,
+                 ubar: ArrayLike) -> Gradients:
         """Gradients from a solution computed earlier, for frameworks that keep residuals
         as arrays (the PyTorch and JAX adapters): ``u = self.solve(rhs, init)``.
 
@@ -441,30 +497,60 @@ class SMNNFactorization:
                 v.sum_to_shape(steps_bar.reshape(batch + lhs.steps_shape[-1:]), lhs.steps_shape))
 
 
-def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equation=1.0,
-                weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-                check=False, algorithm="auto"):
+def smnn_factor(coefficients: ArrayLike, steps: ArrayLike, *, init_shape: tuple[int, int],
+                n_steps: int | None = None, weight_equation: float = 1.0,
+                weight_init: float = 1.0, weight_smooth: float = 1.0,
+                central_smoothness: bool = False, stream: Any = None, check: bool = False,
+                algorithm: str = "auto") -> SMNNFactorization:
     """Factor the S-MNN normal matrix once, for reuse with many right-hand sides.
 
     Parameters
     ----------
-    coefficients : ``(..., T or 1, E, D, O)``
-    steps : ``(..., T-1 or 1)``, positive
-    init_shape : ``(Ti, Oi)``, which entries carry initial values (``t < Ti``, ``o < Oi``);
-        part of the left-hand side because they add ``weight_init**2`` to its diagonal.
-    n_steps : ``T``, needed only when neither input carries it.
-    stream, check, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
-        stream to run on (default: CuPy's current stream for CuPy inputs). ``check=True``
-        also checks the input values and the factorisation status, which synchronises the
-        device; by default a failed system's result is NaN and the failure is reported by
-        ``smnn_factor(...).status``. ``algorithm``: ``"auto"``, ``"thread"`` (a thread per
-        system), ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in
-        time).
+    coefficients : array ``(..., T or 1, E, D, O)``, float32 or float64
+        As for :func:`smnn_solve`.
+    steps : array ``(..., T-1 or 1)``
+        Positive step sizes.
+    init_shape : tuple ``(Ti, Oi)``
+        Which entries will carry initial values (``t < Ti``, ``o < Oi``): part of the
+        left-hand side, because they add ``weight_init**2`` to its diagonal.
+    n_steps : int, optional
+        ``T``, needed only when neither input carries it.
+    weight_equation, weight_init, weight_smooth, central_smoothness
+        As for :func:`smnn_solve`.
+    stream, check, algorithm
+        Device inputs only (``bandsolve.gpu``); leave the defaults for NumPy inputs.
+        ``stream``: the CUDA stream to run on (default: CuPy's current stream for CuPy
+        inputs). ``check=True`` also checks the input values and the factorisation
+        status, which synchronises the device; by default a failed system's result is
+        NaN and the failure is reported by ``smnn_factor(...).status``. ``algorithm``:
+        ``"auto"``, ``"thread"`` (a thread per system), ``"block"`` (a thread block per
+        system) or ``"partitioned"`` (parallel in time).
 
-    Returns an :class:`SMNNFactorization` (a ``bandsolve.gpu.DeviceSMNNFactorization``,
-    with a per-system ``.status``, for device inputs); ``.solve(rhs, init)`` equals
-    ``smnn_solve(coefficients, rhs, init, steps, ...)``. Raises ``FactorizationError``
-    naming the batch indices and time steps where the matrix is not positive definite.
+    Returns
+    -------
+    SMNNFactorization
+        (a ``bandsolve.gpu.DeviceSMNNFactorization``, with a per-system ``.status``, for
+        device inputs); ``.solve(rhs, init)`` equals
+        ``smnn_solve(coefficients, rhs, init, steps, ...)``.
+
+    Raises
+    ------
+    FactorizationError
+        Naming the batch indices and time steps where the matrix is not positive
+        definite.
+    ValueError, TypeError
+        Bad input, naming the argument, before any kernel runs.
+
+    Examples
+    --------
+    >>> import numpy as np, bandsolve
+    >>> T = 100
+    >>> coefficients = np.zeros((T, 1, 1, 3)); coefficients[...] = [4.0, 0.3, 1.0]
+    >>> rhs, init, steps = np.zeros((T, 1)), np.array([[[1.0, 0.0]]]), np.full(T - 1, 0.01)
+    >>> factor = bandsolve.smnn_factor(coefficients, steps, init_shape=(1, 2))
+    >>> np.allclose(factor.solve(rhs, init),
+    ...             bandsolve.smnn_solve(coefficients, rhs, init, steps))
+    True
     """
     if _on_device(coefficients=coefficients, steps=steps):
         return _gpu().factor(coefficients, steps, init_shape=init_shape, n_steps=n_steps,
@@ -483,42 +569,75 @@ def smnn_factor(coefficients, steps, *, init_shape, n_steps=None, weight_equatio
                    central_smoothness)
 
 
-def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
-               weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-               check=False, algorithm="auto"):
+def smnn_solve(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike, steps: ArrayLike, *,
+               n_steps: int | None = None, weight_equation: float = 1.0,
+               weight_init: float = 1.0, weight_smooth: float = 1.0,
+               central_smoothness: bool = False, stream: Any = None, check: bool = False,
+               algorithm: str = "auto") -> np.ndarray:
     """Solve the S-MNN least-squares problem (DESIGN.md section 1).
 
     Parameters
     ----------
-    coefficients : ``(..., T or 1, E, D, O)``
+    coefficients : array ``(..., T or 1, E, D, O)``, float32 or float64
         ``c[t, e, d, o]``: ODE coefficients of equation ``e`` on derivative ``o`` of ``d``.
-    rhs : ``(..., T or 1, E)``
-    init : ``(..., Ti, D, Oi)``, initial values for ``t < Ti``, ``o < Oi`` (``Ti`` or
-        ``Oi`` may be 0).
-    steps : ``(..., T-1 or 1)``, positive step sizes.
-    n_steps : ``T``, needed only when no input carries it.
-    weight_equation, weight_init, weight_smooth : positive row weights.
-    central_smoothness : add central rows (needs ``O >= 3``; block-pentadiagonal system).
-    stream, check, algorithm : device inputs only (``bandsolve.gpu``). ``stream``: the CUDA
-        stream to run on (default: CuPy's current stream for CuPy inputs). ``check=True``
-        also checks the input values and the factorisation status, which synchronises the
-        device; by default a failed system's result is NaN and the failure is reported by
-        ``smnn_factor(...).status``. ``algorithm``: ``"auto"``, ``"thread"`` (a thread per
-        system), ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in
-        time).
+    rhs : array ``(..., T or 1, E)``
+        ``r[t, e]``: right-hand side of equation ``e`` at step ``t``.
+    init : array ``(..., Ti, D, Oi)``
+        Initial values for ``t < Ti``, ``o < Oi`` (``Ti`` or ``Oi`` may be 0: none).
+    steps : array ``(..., T-1 or 1)``
+        Positive step sizes.
+    n_steps : int, optional
+        ``T``, needed only when no input carries it.
+    weight_equation, weight_init, weight_smooth : float
+        Positive row weights.
+    central_smoothness : bool
+        Add central rows (needs ``O >= 3``; the system becomes block-pentadiagonal).
+    stream, check, algorithm
+        Device inputs only (``bandsolve.gpu``); leave the defaults for NumPy inputs.
+        ``stream``: the CUDA stream to run on (default: CuPy's current stream for CuPy
+        inputs). ``check=True`` also checks the input values and the factorisation
+        status, which synchronises the device; by default a failed system's result is
+        NaN and the failure is reported by ``smnn_factor(...).status``. ``algorithm``:
+        ``"auto"``, ``"thread"`` (a thread per system), ``"block"`` (a thread block per
+        system) or ``"partitioned"`` (parallel in time).
 
     Leading batch axes broadcast by NumPy rules; the left-hand side is factored once per
-    distinct (coefficients, steps) batch element. float32 or float64.
+    distinct (coefficients, steps) batch element. float32 or float64 (mixed inputs
+    compute in the wider type).
 
     Returns
     -------
-    u : ``(..., T, D, O)``, the inputs' dtype.
+    u : array ``(..., T, D, O)``
+        In the inputs' dtype. CuPy inputs give CuPy results; other device arrays give
+        Numba device arrays.
 
-    Raises ``ValueError``/``TypeError`` for bad input (before any computation) and
-    ``FactorizationError`` (a ``numpy.linalg.LinAlgError``) naming the systems and time
-    steps where the normal matrix is not positive definite (on the device: only with
-    ``check=True``). CuPy inputs give CuPy results; other device arrays give Numba device
-    arrays; mixing host and device inputs is a ``TypeError``.
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input, naming the argument, before any computation; mixing host and device
+        inputs is a ``TypeError``.
+    FactorizationError
+        A ``numpy.linalg.LinAlgError`` naming the systems and time steps where the
+        normal matrix is not positive definite (on the device: only with
+        ``check=True``).
+
+    Examples
+    --------
+    The damped oscillator ``u'' + 0.3 u' + 4 u = 0``, ``u(0) = 1``, ``u'(0) = 0`` on 100
+    steps of 0.01, against its closed form:
+
+    >>> import numpy as np, bandsolve
+    >>> T = 100
+    >>> coefficients = np.zeros((T, 1, 1, 3)); coefficients[...] = [4.0, 0.3, 1.0]
+    >>> rhs, init, steps = np.zeros((T, 1)), np.array([[[1.0, 0.0]]]), np.full(T - 1, 0.01)
+    >>> u = bandsolve.smnn_solve(coefficients, rhs, init, steps)
+    >>> u.shape                                       # (T, D, O): u, u', u''
+    (100, 1, 3)
+    >>> t = np.arange(T) * 0.01
+    >>> w = np.sqrt(4.0 - 0.15**2)
+    >>> exact = np.exp(-0.15 * t) * (np.cos(w * t) + 0.15 / w * np.sin(w * t))
+    >>> bool(np.abs(u[:, 0, 0] - exact).max() < 1e-3)
+    True
     """
     if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
         return _gpu().solve(coefficients, rhs, init, steps, n_steps=n_steps,
@@ -531,15 +650,30 @@ def smnn_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=
     return u
 
 
-def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
-                   weight_init=1.0, weight_smooth=1.0, central_smoothness=False, stream=None,
-                   check=False, algorithm="auto"):
+def smnn_solve_vjp(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike,
+                   steps: ArrayLike, *, n_steps: int | None = None,
+                   weight_equation: float = 1.0, weight_init: float = 1.0,
+                   weight_smooth: float = 1.0, central_smoothness: bool = False,
+                   stream: Any = None, check: bool = False, algorithm: str = "auto",
+                   ) -> tuple[np.ndarray, Callable[[ArrayLike], Gradients]]:
     """:func:`smnn_solve` plus its vector-Jacobian product.
 
     Returns ``(u, vjp)``; ``vjp(ubar)`` with ``ubar`` ``(..., T, D, O)`` returns
     ``(coefficients_bar, rhs_bar, init_bar, steps_bar)``, each the shape of its input
     (summed over broadcast axes). The backward pass reuses the forward factorisation:
-    one extra pair of substitutions and an O(T n^2) gradient sweep.
+    one extra pair of substitutions and an O(T n^2) gradient sweep. Arguments and errors
+    as for :func:`smnn_solve`.
+
+    Examples
+    --------
+    >>> import numpy as np, bandsolve
+    >>> T = 100
+    >>> coefficients = np.zeros((T, 1, 1, 3)); coefficients[...] = [4.0, 0.3, 1.0]
+    >>> rhs, init, steps = np.zeros((T, 1)), np.array([[[1.0, 0.0]]]), np.full(T - 1, 0.01)
+    >>> u, vjp = bandsolve.smnn_solve_vjp(coefficients, rhs, init, steps)
+    >>> coefficients_bar, rhs_bar, init_bar, steps_bar = vjp(np.ones_like(u))
+    >>> coefficients_bar.shape, rhs_bar.shape, init_bar.shape, steps_bar.shape
+    ((100, 1, 1, 3), (100, 1), (1, 1, 2), (99,))
     """
     if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
         return _gpu().solve(coefficients, rhs, init, steps, n_steps=n_steps,
@@ -553,9 +687,12 @@ def smnn_solve_vjp(coefficients, rhs, init, steps, *, n_steps=None, weight_equat
     return u, backward
 
 
-def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_equation=1.0,
-                      weight_init=1.0, weight_smooth=1.0, central_smoothness=False,
-                      stream=None, check=False, algorithm="auto"):
+def smnn_factor_solve(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike,
+                      steps: ArrayLike, *, n_steps: int | None = None,
+                      weight_equation: float = 1.0, weight_init: float = 1.0,
+                      weight_smooth: float = 1.0, central_smoothness: bool = False,
+                      stream: Any = None, check: bool = False, algorithm: str = "auto",
+                      ) -> tuple[np.ndarray, SMNNFactorization]:
     """:func:`smnn_solve` that also returns the :class:`SMNNFactorization` it built.
 
     Returns ``(u, factorization)``: ``factorization.lower`` is the factor to keep as an
@@ -563,6 +700,19 @@ def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_eq
     refactorisation. For frameworks that carry residuals as arrays (the PyTorch and JAX
     adapters); on the host it takes the same fused factor-and-solve pass as
     :func:`smnn_solve`. Arguments as for :func:`smnn_solve`.
+
+    Examples
+    --------
+    >>> import numpy as np, bandsolve
+    >>> T = 100
+    >>> coefficients = np.zeros((T, 1, 1, 3)); coefficients[...] = [4.0, 0.3, 1.0]
+    >>> rhs, init, steps = np.zeros((T, 1)), np.array([[[1.0, 0.0]]]), np.full(T - 1, 0.01)
+    >>> u, factorization = bandsolve.smnn_factor_solve(coefficients, rhs, init, steps)
+    >>> factorization.lower.shape                     # (T, p+1, n, n), n = D*O
+    (100, 2, 3, 3)
+    >>> grads = factorization.backward(rhs, init, u, np.ones_like(u))
+    >>> [g.shape for g in grads]
+    [(100, 1, 1, 3), (100, 1), (1, 1, 2), (99,)]
     """
     if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
         T = _infer_n_steps(n_steps, coefficients=coefficients, rhs=rhs, steps=steps)
@@ -624,14 +774,30 @@ def _solve_full(coefficients, rhs, init, steps, n_steps, weight_equation, weight
     return u, factorization, lambda ubar: factorization._backward(rhs, init, batch, x, ubar)
 
 
-def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
-                          weight_equation=1.0, weight_init=1.0, weight_smooth=1.0,
-                          central_smoothness=False):
+def smnn_normal_equations(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike,
+                          steps: ArrayLike, *, n_steps: int | None = None,
+                          weight_equation: float = 1.0, weight_init: float = 1.0,
+                          weight_smooth: float = 1.0, central_smoothness: bool = False,
+                          ) -> tuple[BlockBanded, np.ndarray]:
     """The assembled normal equations ``M x = b`` (same arguments as :func:`smnn_solve`).
 
     Returns ``(M, b)``: ``M`` a :class:`BlockBanded` with the left-hand-side batch
     (bandwidth 1, or 2 with central smoothness; block size ``n = D*O``, unknown index
-    ``d*O + o``) and ``b`` ``(..., T, n)`` with the full batch.
+    ``d*O + o``) and ``b`` ``(..., T, n)`` with the full batch. Host arrays only
+    (``TypeError`` for device arrays); otherwise errors as for :func:`smnn_solve`.
+
+    Examples
+    --------
+    >>> import numpy as np, bandsolve
+    >>> T = 100
+    >>> coefficients = np.zeros((T, 1, 1, 3)); coefficients[...] = [4.0, 0.3, 1.0]
+    >>> rhs, init, steps = np.zeros((T, 1)), np.array([[[1.0, 0.0]]]), np.full(T - 1, 0.01)
+    >>> M, b = bandsolve.smnn_normal_equations(coefficients, rhs, init, steps)
+    >>> M
+    BlockBanded(batch_shape=(), n_steps=100, bandwidth=1, block_size=3, dtype=float64)
+    >>> x = bandsolve.block_cholesky(M).solve(b)      # (T, n)
+    >>> np.allclose(x.reshape(T, 1, 3), bandsolve.smnn_solve(coefficients, rhs, init, steps))
+    True
     """
     if _on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
         raise TypeError("smnn_normal_equations works on host (NumPy) arrays only; copy the "
