@@ -399,7 +399,7 @@ def speed_text(rows):
                     worst < LAPACK_AGREEMENT)
     if dense:
         check += "\n" + verdict(
-            "the MNN-dense solution differs only by its shared slack",
+            "the MNN-dense solution differs only through its slack variable",
             f"max |bandsolve - MNN-dense| = {max(dense):.1e}", "< 1e-6",
             max(dense) < DENSE_AGREEMENT)
     return ("Speed (ratios > 1: bandsolve faster)\n" + note + "\n" +

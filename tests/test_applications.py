@@ -183,6 +183,7 @@ def test_synthetic_surrogate_has_opposite_hemisphere_seasons():
 
 # ----------------------------------------------------------------------------- examples
 
+@pytest.mark.slow
 def test_kdv_quick(tmp_path):
     pytest.importorskip("torch", reason="this example trains through the PyTorch adapter")
     metrics, stdout = run_example("kdv.py", tmp_path)
@@ -194,6 +195,7 @@ def test_kdv_quick(tmp_path):
     assert "NMSE, whole rollout" in stdout
 
 
+@pytest.mark.slow
 def test_sst_quick_synthetic(tmp_path, monkeypatch):
     pytest.importorskip("torch", reason="this example trains through the PyTorch adapter")
     monkeypatch.setenv("OISST_PATH", str(tmp_path / "absent.nc"))
@@ -206,6 +208,7 @@ def test_sst_quick_synthetic(tmp_path, monkeypatch):
     assert rmse["smnn"] < 0.7 * rmse["persistence"]
 
 
+@pytest.mark.slow
 def test_sst_runs_on_a_file_in_the_real_format(tmp_path):
     pytest.importorskip("torch", reason="this example trains through the PyTorch adapter")
     # 520 weeks: a 104-week window, a 208-week training target, a 208-week test period
@@ -220,6 +223,7 @@ def test_sst_runs_on_a_file_in_the_real_format(tmp_path):
     assert all(np.isfinite(v) for v in metrics["rmse"].values())
 
 
+@pytest.mark.slow
 def test_scaling_quick(tmp_path):
     pytest.importorskip("torch", reason="this example trains through the PyTorch adapter")
     metrics, stdout = run_example("scaling.py", tmp_path)

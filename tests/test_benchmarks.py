@@ -123,6 +123,7 @@ def test_grid_skips_what_does_not_fit():
         _benchmark_module("bench_baselines").DenseCholesky().setup(1000, 9, False, "float64")
 
 
+@pytest.mark.slow
 def test_asv_runs_the_suite_through_its_harness(tmp_path):
     """asv.conf.json, discovery, setup, the skip path and result reporting, end to end, for
     every benchmark on the smoke grid (T in {100, 10^5} with a tiny memory budget, so
@@ -213,6 +214,7 @@ def test_flop_count_of_the_block_algorithm():
 
 # ----------------------------------------------------------------------------- bandsolve bench
 
+@pytest.mark.slow
 def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="--plot needs the [bench] extra")
     json_path, png_path = tmp_path / "bench.json", tmp_path / "scaling.png"

@@ -2,6 +2,10 @@
 solves (without Numba's disk cache, with one warning naming ``NUMBA_CACHE_DIR``), the
 version is single-sourced, and ``bandsolve --version`` prints it.
 
+The source distribution carries what the tests need, and the package description (the
+long description on package indexes) has no relative links, which would not render
+there, and its example runs.
+
 Read-only is simulated so that it holds for root too (CI runs as root, and root ignores
 permission bits): the package is copied to a folder where every ``__pycache__`` is a
 plain *file* (so nothing can be created beside the sources) and ``HOME`` points below a
@@ -11,10 +15,14 @@ read-only with ``chmod``.
 
 import os
 import pathlib
+import re
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
+
+import pytest
 
 import numpy as np
 
@@ -51,6 +59,7 @@ def _read_only_copy(tmp_path):
     return site
 
 
+@pytest.mark.slow
 def test_read_only_install_imports_and_solves_with_one_warning(tmp_path):
     site = _read_only_copy(tmp_path)
     blocker = tmp_path / "home-is-a-file"
@@ -86,3 +95,31 @@ def test_version_command():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"bandsolve {bandsolve.__version__}"
+
+
+def test_package_description_has_no_relative_links_and_its_example_runs():
+    text = (ROOT / "DESCRIPTION.md").read_text()
+    assert 'readme = "DESCRIPTION.md"' in (ROOT / "pyproject.toml").read_text()
+    targets = re.findall(r"\]\(([^)]*)\)", text)
+    assert all(re.match(r"https?://", target) for target in targets), targets
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    namespace = {}
+    exec(blocks[0], namespace)  # the package's own documented example
+    assert namespace["u"].shape == (1000, 1, 3)
+    assert namespace["steps_bar"].shape == (999,)
+
+
+def test_sdist_carries_the_test_helpers_and_the_license(tmp_path):
+    pytest.importorskip("setuptools", reason="builds the sdist with the build backend")
+    build = ("import sys; from setuptools import build_meta; "
+             "print(build_meta.build_sdist(sys.argv[1]))")
+    result = subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    name = result.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as archive:
+        members = {member.split("/", 1)[1] for member in archive.getnames() if "/" in member}
+    for needed in ("tests/helpers.py", "tests/test_solve.py", "LICENSE", "DESCRIPTION.md",
+                   "bandsolve/_version.py", "bandsolve/py.typed", "docs/conf.py"):
+        assert needed in members, needed
