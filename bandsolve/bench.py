@@ -1,4 +1,4 @@
-"""``bandsolve bench``: the CPU speed targets of issue 3, measured as ratios in one run.
+"""``bandsolve bench``: the CPU speed targets (README, Speed), measured as ratios in one run.
 
 Every number goes through the public API (``smnn_solve``, ``smnn_solve_vjp``,
 ``smnn_factor``, ``smnn_normal_equations``), so the instrument keeps working while the
@@ -660,7 +660,7 @@ def main(argv=None):
     [--strict]``. Returns the exit status (with ``--strict``: 1 if a target fails)."""
     parser = argparse.ArgumentParser(
         prog="bandsolve bench",
-        description="Measure the CPU speed targets (issue 3) as ratios against LAPACK and "
+        description="Measure the CPU speed targets (README, Speed) as ratios against LAPACK and "
                     "a dense solve, in one run; print the table and plot time and peak "
                     "memory against T.")
     parser.add_argument("--quick", action="store_true",
@@ -694,7 +694,7 @@ def main(argv=None):
     results["quick"] = bool(args.quick)
     print(format_report(results))
     if args.quick:
-        print("\n(--quick: reduced sizes; the ratios are not the issue's targets)")
+        print("\n(--quick: reduced sizes; the ratios say nothing about the targets)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
