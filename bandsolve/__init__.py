@@ -24,7 +24,7 @@ from .smnn import (
     smnn_solve_vjp,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401 (the package's version)
 
 __all__ = [
     "BlockBanded",

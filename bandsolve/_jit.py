@@ -3,13 +3,48 @@
 No ``fastmath``: it would let LLVM assume that NaN and Inf never occur, and the factorisation
 relies on NaN failing the ``pivot > 0`` test. ``cache=True`` keeps import and first call fast
 after the first run on a machine.
+
+Where the cache goes: Numba writes it beside the installed sources (``__pycache__``), else
+in the user's cache folder (``~/.cache/numba``), or wherever the ``NUMBA_CACHE_DIR``
+environment variable says. When none of these is writable (a read-only container or
+cluster node with a read-only home), Numba refuses ``cache=True`` at decoration time;
+bandsolve then compiles without the disk cache (every process compiles on first use) and
+warns once, naming ``NUMBA_CACHE_DIR``.
 """
 
 import types
+import warnings
 
 import numba
 
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
+
+_NO_CACHE_MESSAGE = (
+    "bandsolve: Numba cannot write its on-disk cache (not beside the installed package, "
+    "not in the home folder: {error}); the kernels are compiled in every new process "
+    "instead (tens of seconds at first use). Set the environment variable NUMBA_CACHE_DIR "
+    "to a writable folder to keep them between runs.")
+
+
+class _CachePolicy:
+    """Whether ``cache=True`` still works in this process; set off by the first refusal,
+    so that one warning is given and later kernels do not try again."""
+
+    enabled = True
+
+
+def _njit(func, **options):
+    """``numba.njit(**options, **JIT_OPTIONS)(func)``, without the disk cache if Numba has
+    nowhere to write it."""
+    if _CachePolicy.enabled:
+        try:
+            return numba.njit(**options, **JIT_OPTIONS)(func)
+        except RuntimeError as error:
+            if "cannot cache" not in str(error):
+                raise
+            _CachePolicy.enabled = False
+            warnings.warn(_NO_CACHE_MESSAGE.format(error=error), RuntimeWarning, stacklevel=3)
+    return numba.njit(**options, **dict(JIT_OPTIONS, cache=False))(func)
 
 # Below this many block rows in a batch, kernels run on one thread (a few ms of work):
 # on a busy machine a threaded launch can wait ~10-20 ms for a second core.
@@ -24,7 +59,7 @@ def jit_helper(func):
     take array views, and a call boundary would keep the reference-count updates of
     every view (atomic operations, ~O(10) per block row) that inlining lets Numba prune.
     """
-    return numba.njit(inline="always", **JIT_OPTIONS)(func)
+    return _njit(func, inline="always")
 
 
 class BatchKernel:
@@ -39,13 +74,13 @@ class BatchKernel:
 
     def __init__(self, func):
         self.py_func = func
-        self.parallel = numba.njit(parallel=True, **JIT_OPTIONS)(func)
+        self.parallel = _njit(func, parallel=True)
         # a renamed copy, so the on-disk cache keeps the two compilations apart
         serial = types.FunctionType(func.__code__, func.__globals__, func.__name__ + "_serial",
                                     func.__defaults__, func.__closure__)
         serial.__qualname__ = func.__qualname__ + "_serial"
         serial.__doc__ = func.__doc__
-        self.serial = numba.njit(**JIT_OPTIONS)(serial)
+        self.serial = _njit(serial)
         self.__doc__ = func.__doc__
         self.__name__ = func.__name__
 

@@ -23,6 +23,7 @@ triangle and the ``·`` cells may hold anything (NaN included). Each system is c
 """
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 import math
 
@@ -44,10 +45,36 @@ class BlockBanded:
     Parameters
     ----------
     blocks : array ``(..., T, p+1, n, n)``, float32 or float64
-        ``blocks[..., t, j]`` is the block ``M[t, t-j]`` (see the module docstring).
+        ``blocks[..., t, j]`` is the block ``M[t, t-j]`` (see the module docstring). Kept
+        as given (no copy); :func:`block_cholesky` copies it before factoring.
+
+    Raises
+    ------
+    ValueError
+        ``blocks`` has fewer than 4 axes or non-square ``n x n`` blocks.
+    TypeError
+        ``blocks`` is not a real floating-point host array (integers, complex, device
+        arrays).
+
+    Examples
+    --------
+    The 4 x 4 tridiagonal matrix with 4 on the diagonal and 1 beside it, as two 2 x 2
+    block rows of block bandwidth 1:
+
+    >>> import numpy as np
+    >>> import bandsolve
+    >>> dense = 4 * np.eye(4) + np.eye(4, k=1) + np.eye(4, k=-1)
+    >>> M = bandsolve.BlockBanded.from_dense(dense, block_size=2, bandwidth=1)
+    >>> M
+    BlockBanded(batch_shape=(), n_steps=2, bandwidth=1, block_size=2, dtype=float64)
+    >>> M.blocks[1, 1]  # M[1, 0]: rows 2-3, columns 0-1 of the dense matrix
+    array([[0., 1.],
+           [0., 0.]])
+    >>> np.array_equal(M.to_dense(), dense)
+    True
     """
 
-    def __init__(self, blocks):
+    def __init__(self, blocks: ArrayLike):
         blocks = as_host_array("blocks", blocks)
         check_rank("blocks", blocks, 4, "(..., T, p+1, n, n)")
         if blocks.shape[-1] != blocks.shape[-2]:
@@ -56,25 +83,28 @@ class BlockBanded:
         self.blocks = blocks
 
     @property
-    def batch_shape(self):
+    def batch_shape(self) -> tuple[int, ...]:
+        """The leading batch axes ``...`` of ``blocks`` (``()`` for one matrix)."""
         return self.blocks.shape[:-4]
 
     @property
-    def n_steps(self):
+    def n_steps(self) -> int:
         """Number of block rows ``T``."""
         return self.blocks.shape[-4]
 
     @property
-    def bandwidth(self):
+    def bandwidth(self) -> int:
         """Block bandwidth ``p`` (1: block tridiagonal, 2: block pentadiagonal)."""
         return self.blocks.shape[-3] - 1
 
     @property
-    def block_size(self):
+    def block_size(self) -> int:
+        """Block size ``n`` (each system is ``T*n x T*n``)."""
         return self.blocks.shape[-1]
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """float32 or float64: the dtype the factorisation and solves run in."""
         return self.blocks.dtype
 
     def __repr__(self):
@@ -82,9 +112,18 @@ class BlockBanded:
                 f"bandwidth={self.bandwidth}, block_size={self.block_size}, dtype={self.dtype})")
 
     @classmethod
-    def from_dense(cls, dense, block_size, bandwidth):
-        """Lower block band of symmetric ``dense`` ``(..., T*n, T*n)``; entries outside the
-        band are ignored. Unread cells are set to zero."""
+    def from_dense(cls, dense: ArrayLike, block_size: int, bandwidth: int) -> "BlockBanded":
+        """Lower block band of symmetric ``dense`` ``(..., T*n, T*n)``.
+
+        Entries outside the band (``|s - t| > bandwidth`` in block rows) and the upper
+        triangle are ignored; unread cells are set to zero. Raises ``ValueError`` when
+        ``dense`` is not square or its size is not a multiple of ``block_size``.
+
+        >>> import numpy as np, bandsolve
+        >>> M = bandsolve.BlockBanded.from_dense(np.eye(6), block_size=3, bandwidth=1)
+        >>> M.blocks.shape  # (T, p+1, n, n)
+        (2, 2, 3, 3)
+        """
         dense = as_host_array("dense", dense)
         n = check_count("block_size", block_size, minimum=1)
         p = check_count("bandwidth", bandwidth, minimum=0)
@@ -107,8 +146,11 @@ class BlockBanded:
         lower = np.tril(self.blocks[..., 0, :, :])
         return lower + np.swapaxes(np.tril(lower, -1), -1, -2)
 
-    def to_dense(self):
-        """The full symmetric matrix ``(..., T*n, T*n)`` (O(T^2) memory: for checks)."""
+    def to_dense(self) -> np.ndarray:
+        """The full symmetric matrix ``(..., T*n, T*n)``, same dtype.
+
+        O(T^2) memory: meant for checks and small examples, not for solving.
+        """
         T, p, n = self.n_steps, self.bandwidth, self.block_size
         dense = np.zeros(self.batch_shape + (T, n, T, n), dtype=self.dtype)
         diagonal = self._symmetric_diagonal()
@@ -120,8 +162,16 @@ class BlockBanded:
             dense[..., t[j:] - j, :, t[j:], :] = np.swapaxes(block, -1, -2)
         return dense.reshape(self.batch_shape + (T * n, T * n))
 
-    def matvec(self, x):
-        """``M @ x`` for ``x`` ``(..., T, n)`` (batch broadcast); returns ``(..., T, n)``."""
+    def matvec(self, x: ArrayLike) -> np.ndarray:
+        """``M @ x`` for ``x`` ``(..., T, n)`` (batch axes broadcast against the matrix's);
+        returns ``(..., T, n)``, in O(T p n^2) time.
+
+        >>> import numpy as np, bandsolve
+        >>> M = bandsolve.BlockBanded.from_dense(2 * np.eye(4), block_size=2, bandwidth=1)
+        >>> M.matvec(np.ones((2, 2)))
+        array([[2., 2.],
+               [2., 2.]])
+        """
         x = as_host_array("x", x)
         check_rank("x", x, 2, "(..., T, n)")
         expected = (self.n_steps, self.block_size)
@@ -175,9 +225,10 @@ def _check_factor(name, lower, batch_shape):
 class BlockCholesky:
     """``M = L L^T`` of a batch of block-banded SPD matrices; factor once, solve many.
 
-    Usually obtained from :func:`block_cholesky`. ``lower`` ``(..., T, p+1, n, n)`` holds
-    ``L`` in the storage of :class:`BlockBanded` (the strict upper triangles of the
-    diagonal blocks are zero); it is a read-only view.
+    Obtain it from :func:`block_cholesky`. ``lower`` ``(..., T, p+1, n, n)`` holds ``L``
+    in the storage of :class:`BlockBanded` (the strict upper triangles of the diagonal
+    blocks are zero; a read-only view). It is a value: solving with it never changes it,
+    so one factor serves any number of right-hand sides, in any order.
 
     Parameters
     ----------
@@ -186,6 +237,24 @@ class BlockCholesky:
         ``ValueError`` otherwise). Copied when it is not a C-contiguous writable array.
     batch_shape : tuple of int
         The batch shape that ``lower``'s systems flatten.
+
+    Attributes
+    ----------
+    batch_shape : tuple of int
+        The batch axes ``...`` of the factored matrices.
+
+    Examples
+    --------
+    >>> import numpy as np, bandsolve
+    >>> dense = 4 * np.eye(4) + np.eye(4, k=1) + np.eye(4, k=-1)
+    >>> factor = bandsolve.block_cholesky(
+    ...     bandsolve.BlockBanded.from_dense(dense, block_size=2, bandwidth=1))
+    >>> b = np.arange(4.0).reshape(2, 2)               # (T, n)
+    >>> x = factor.solve(b)
+    >>> np.allclose(dense @ x.reshape(4), b.reshape(4))
+    True
+    >>> bool(np.isclose(factor.logdet(), np.linalg.slogdet(dense)[1]))
+    True
     """
 
     def __init__(self, lower, batch_shape):
@@ -225,28 +294,37 @@ class BlockCholesky:
         self.batch_shape = batch_shape
 
     @property
-    def lower(self):
-        """The factor ``(..., T, p+1, n, n)``, a read-only view (writing to it would
-        corrupt later solves)."""
+    def lower(self) -> np.ndarray:
+        """``L`` ``(..., T, p+1, n, n)`` in :class:`BlockBanded` storage, a read-only view
+        (writing to it would corrupt later solves)."""
         view = self._lower.reshape(self.batch_shape + self._lower.shape[1:])
         view.flags.writeable = False
         return view
 
     @property
-    def n_steps(self):
+    def n_steps(self) -> int:
+        """Number of block rows ``T``."""
         return self._lower.shape[1]
 
     @property
-    def block_size(self):
+    def block_size(self) -> int:
+        """Block size ``n``."""
         return self._lower.shape[-1]
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """float32 or float64, the dtype of the factored matrix."""
         return self._lower.dtype
 
-    def solve(self, b):
+    def solve(self, b: ArrayLike) -> np.ndarray:
         """Solve ``M x = b`` for ``b`` ``(..., T, n)``; the batch axes of ``b`` broadcast
-        against the factor's. Returns ``x`` with the broadcast batch, ``(..., T, n)``."""
+        against the factor's. Returns ``x`` with the broadcast batch, ``(..., T, n)``, in
+        the factor's dtype; ``b`` is not modified.
+
+        Raises ``ValueError`` if ``b`` has the wrong trailing shape, batch axes that do not
+        broadcast, or NaN/Inf values; ``TypeError`` for a non-float or device array.
+        Two triangular block substitutions: O(T p n^2) per system.
+        """
         b = as_host_array("b", b)
         check_rank("b", b, 2, "(..., T, n)")
         expected = (self.n_steps, self.block_size)
@@ -279,18 +357,35 @@ class BlockCholesky:
                              f"[{lhs_index.min()}, {lhs_index.max()}]")
         solve_kernel.for_batch(*v.shape[:2])(self._lower, lhs_index, v)
 
-    def logdet(self):
-        """``log det M`` per system, shape = batch shape."""
+    def logdet(self) -> np.ndarray:
+        """``log det M`` per system (``2 * sum(log(diag(L)))``), shape ``batch_shape``.
+
+        >>> import numpy as np, bandsolve
+        >>> M = bandsolve.BlockBanded.from_dense(2 * np.eye(4), block_size=2, bandwidth=1)
+        >>> bool(np.isclose(bandsolve.block_cholesky(M).logdet(), 4 * np.log(2)))
+        True
+        """
         diagonals = np.diagonal(self._lower[:, :, 0], axis1=-2, axis2=-1)
         return 2.0 * np.log(diagonals).sum(axis=(-2, -1)).reshape(self.batch_shape)
 
 
-def block_cholesky(matrix):
+def block_cholesky(matrix: "BlockBanded | ArrayLike") -> BlockCholesky:
     """Factor a :class:`BlockBanded` batch: ``M = L L^T``.
 
-    Returns a :class:`BlockCholesky`. Raises ``FactorizationError`` (a
-    ``numpy.linalg.LinAlgError``) naming every system and block row whose pivot was not
-    positive; ``ValueError`` if the blocks hold NaN or Inf in cells that are read.
+    ``matrix`` is a :class:`BlockBanded` or its ``blocks`` array ``(..., T, p+1, n, n)``
+    (float32 or float64; not modified). Returns a :class:`BlockCholesky` with the same
+    batch shape and dtype. O(T p^2 n^3) time, O(T p n^2) memory per system.
+
+    Raises ``FactorizationError`` (a ``numpy.linalg.LinAlgError``) naming every system and
+    block row whose pivot was not positive; ``ValueError`` if the blocks hold NaN or Inf
+    in cells that are read.
+
+    >>> import numpy as np, bandsolve
+    >>> not_spd = bandsolve.BlockBanded.from_dense(-np.eye(4), block_size=2, bandwidth=1)
+    >>> bandsolve.block_cholesky(not_spd)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    bandsolve.errors.FactorizationError: ...
     """
     if not isinstance(matrix, BlockBanded):
         matrix = BlockBanded(matrix)

@@ -26,7 +26,7 @@ trajectory, averaged; also persistence (the last input frame held) for reference
 
 ``--quick``: 16 training trajectories of 40 frames, 100 iterations, a 30-frame rollout
 on 4 test trajectories (about 30 s). Default: 64 of 100 frames, 600 iterations, an
-80-frame rollout on 8. ``--json`` holds ``rollout_nmse``, ``rollout_nmse_by_frame``,
+90-frame rollout on 8. ``--json`` holds ``rollout_nmse``, ``rollout_nmse_by_frame``,
 ``persistence_nmse``, ``one_call_nmse``, ``losses`` and the sizes.
 """
 
@@ -180,7 +180,7 @@ def plot(trajectory, prediction, length, by_frame, path):
         ax.set_xlabel("x")
         ax.set_ylabel("t")
         ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=axes[2])
+    fig.colorbar(image, ax=axes[2], label="u(x, t) (one scale for the three maps)")
     t = (HISTORY + 1 + np.arange(len(by_frame))) * 0.2
     axes[3].semilogy(t, by_frame)
     axes[3].set_xlabel("t")

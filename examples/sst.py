@@ -254,14 +254,15 @@ def plot(series, test_start, forecasts, by_week, std, mean, cells, data, label, 
     picks = [int(np.argmax(cells[:, 0])), int(np.argmin(cells[:, 0]))]
     start = max(test_start - 3 * 52, 0)
     x = np.arange(start, series.shape[1])
-    for pick, color in zip(picks, ("C0", "C1")):
+    for pick, color, grey in zip(picks, ("C0", "C1"), ("0.4", "0.7")):
         lat = data["lat"][cells[pick, 0]]
-        ax_ts.plot(x, series[pick, start:] * std + mean, color="0.5", lw=0.8)
+        ax_ts.plot(x, series[pick, start:] * std + mean, color=grey, lw=0.8,
+                   label=f"data, lat {lat:.0f}")
         ax_ts.plot(np.arange(test_start, series.shape[1]),
                    forecasts["smnn"][pick] * std + mean, color=color, lw=1.5,
                    label=f"S-MNN forecast, lat {lat:.0f}")
     ax_ts.axvline(test_start, color="k", ls=":", lw=1)
-    ax_ts.set_xlabel("week (grey: data)")
+    ax_ts.set_xlabel("week (dotted line: start of the forecast)")
     ax_ts.set_ylabel("SST (C)")
     ax_ts.legend(fontsize=8)
     fig.suptitle(f"{label}: S-MNN 4-year forecast", fontsize=11)

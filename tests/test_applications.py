@@ -183,7 +183,9 @@ def test_synthetic_surrogate_has_opposite_hemisphere_seasons():
 
 # ----------------------------------------------------------------------------- examples
 
+@pytest.mark.slow
 def test_kdv_quick(tmp_path):
+    pytest.importorskip("torch", reason="this example trains through the PyTorch adapter")
     metrics, stdout = run_example("kdv.py", tmp_path)
     assert metrics["rollout_frames"] == 30 and len(metrics["rollout_nmse_by_frame"]) == 30
     assert np.isfinite(metrics["rollout_nmse"])
@@ -193,7 +195,9 @@ def test_kdv_quick(tmp_path):
     assert "NMSE, whole rollout" in stdout
 
 
+@pytest.mark.slow
 def test_sst_quick_synthetic(tmp_path, monkeypatch):
+    pytest.importorskip("torch", reason="this example trains through the PyTorch adapter")
     monkeypatch.setenv("OISST_PATH", str(tmp_path / "absent.nc"))
     metrics, stdout = run_example("sst.py", tmp_path)
     assert metrics["synthetic"] is True and "SYNTHETIC" in stdout
@@ -204,7 +208,9 @@ def test_sst_quick_synthetic(tmp_path, monkeypatch):
     assert rmse["smnn"] < 0.7 * rmse["persistence"]
 
 
+@pytest.mark.slow
 def test_sst_runs_on_a_file_in_the_real_format(tmp_path):
+    pytest.importorskip("torch", reason="this example trains through the PyTorch adapter")
     # 520 weeks: a 104-week window, a 208-week training target, a 208-week test period
     data = _sst_data.synthetic_sst(n_weeks=520, n_lat=6, n_lon=8, seed=1)
     sst = data["sst"]
@@ -217,7 +223,9 @@ def test_sst_runs_on_a_file_in_the_real_format(tmp_path):
     assert all(np.isfinite(v) for v in metrics["rmse"].values())
 
 
+@pytest.mark.slow
 def test_scaling_quick(tmp_path):
+    pytest.importorskip("torch", reason="this example trains through the PyTorch adapter")
     metrics, stdout = run_example("scaling.py", tmp_path)
     rows = {row["T"]: row for row in metrics["rows"]}
     assert sorted(rows) == [52, 104, 208, 416]

@@ -74,6 +74,7 @@ def test_partitioned_reports_the_failed_system():
 
 # ----------------------------------------------------------------------------- CUDA simulator
 
+@pytest.mark.slow
 def test_cuda_backend_under_the_simulator():
     """Runs tests/gpu_cases.py with NUMBA_ENABLE_CUDASIM=1 in a fresh interpreter; its
     report is shown on failure."""

@@ -11,17 +11,18 @@ tests open their own context.
 import sys
 import types
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
-import bandsolve
-import bandsolve_jax
-from bandsolve_jax import _callbacks
+jax = pytest.importorskip("jax", reason="the JAX adapter needs the [jax] extra")
+import jax.numpy as jnp  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
 
-from helpers import (
+import bandsolve  # noqa: E402
+import bandsolve_jax  # noqa: E402
+from bandsolve_jax import _callbacks  # noqa: E402
+
+from helpers import (  # noqa: E402
     assert_normwise_close,
     checked_cond,
     make_full_rank_equations,

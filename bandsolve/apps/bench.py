@@ -1,4 +1,4 @@
-"""``bandsolve bench``: the CPU speed targets, measured as ratios in one run.
+"""``bandsolve bench``: the CPU speed targets (README, Speed), measured as ratios in one run.
 
 Every number goes through the public API (``smnn_solve``, ``smnn_solve_vjp``,
 ``smnn_factor``, ``smnn_normal_equations``), so the instrument keeps working while the
@@ -45,6 +45,7 @@ Lower-order terms (smoothness entries, O(n) per row) are left out.
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -473,8 +474,11 @@ def run(sizes=DEFAULT_SIZES, repeat=5, verbose=True):
     import numba
 
     s = sizes
-    _log(verbose, "warming up (JIT compilation or cache load, not timed)")
+    _log(verbose, "compiling kernels (first run only, ~30-60 s; later runs load them from "
+                  "Numba's disk cache in about a second; not timed) ...")
+    started = time.perf_counter()
     warm_up()
+    _log(verbose, f"kernels ready ({time.perf_counter() - started:.1f} s)")
     m = Measurements(s, repeat)
     _log(verbose, f"targets: B={s.batch}, T={s.t_batch}; B=1, T={s.t_short} and "
                   f"T={s.t_long}; B=1, T={s.t_huge} in a fresh process")
@@ -643,21 +647,32 @@ def plot(results, path):
     plt.close(fig)
 
 
+def _check_writable_parent(parser, option, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"{option} {path}: the folder {folder} is not writable")
+
+
 def main(argv=None):
     """``bandsolve bench [--quick] [--json PATH] [--plot PATH | --no-plot] [--repeat N]
     [--strict]``. Returns the exit status (with ``--strict``: 1 if a target fails)."""
     parser = argparse.ArgumentParser(
         prog="bandsolve bench",
-        description="Measure the CPU speed targets as ratios against LAPACK and "
+        description="Measure the CPU speed targets (README, Speed) as ratios against LAPACK "
+                    "and "
                     "a dense solve, in one run; print the table and plot time and peak "
                     "memory against T.")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, seconds instead of a minute (for tests; the "
                              "ratios then say nothing about the targets)")
     parser.add_argument("--json", metavar="PATH", help="also write all numbers as JSON")
-    parser.add_argument("--plot", metavar="PATH", default="bench_scaling.png",
-                        help="PNG of time and memory against T (default: %(default)s)")
-    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="also write a PNG of time and memory against T to PATH "
+                             "(needs matplotlib; default: no plot)")
+    parser.add_argument("--no-plot", action="store_true",
+                        help="do not write the PNG (the default; overrides --plot)")
     parser.add_argument("--repeat", type=int, default=5,
                         help="runs per timing; the best is kept (default: %(default)s)")
     parser.add_argument("--strict", action="store_true",
@@ -665,17 +680,27 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.no_plot:
+        args.plot = None
+    # check what the outputs need before minutes of measuring, not after
+    if args.plot:
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error("--plot needs matplotlib, which is not installed: "
+                         "pip install matplotlib (or the [bench] extra), or drop --plot")
+        _check_writable_parent(parser, "--plot", args.plot)
+    if args.json:
+        _check_writable_parent(parser, "--json", args.json)
 
     results = run(QUICK_SIZES if args.quick else DEFAULT_SIZES, repeat=args.repeat)
     results["quick"] = bool(args.quick)
     print(format_report(results))
     if args.quick:
-        print("\n(--quick: reduced sizes; the ratios are not the issue's targets)")
+        print("\n(--quick: reduced sizes; the ratios say nothing about the targets)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
         print(f"\nwrote {args.json}")
-    if not args.no_plot:
+    if args.plot:
         plot(results, args.plot)
         print(f"wrote {args.plot}")
     failed = [row["id"] for row in results["targets"] if not row["passed"]]

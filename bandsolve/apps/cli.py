@@ -15,6 +15,8 @@ import importlib
 import json
 import sys
 
+from bandsolve._version import __version__
+
 
 def _demo(args):
     from .demo import run_demo
@@ -50,6 +52,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="bandsolve",
         description="Batched block-banded SPD solves for Scalable Mechanistic Neural Networks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="validate on linear ODEs and compare speed (under a minute)",
