@@ -177,6 +177,20 @@ def test_opcheck_operators():
                           (c, r.requires_grad_(), g.requires_grad_(), h, lower, *options))
 
 
+def test_opcheck_float32_factor_is_float64():
+    # float32 inputs: the host solve computes in float64, and so its factor is float64;
+    # the fake (meta) implementation must declare that dtype, or torch.compile and opcheck
+    # would trace a wrong one
+    problem = [a.astype(np.float32) for a in make_problem(33, T=4, E=2, D=1, O=3, Ti=1,
+                                                         Oi=2)]
+    options = (None, 1.0, 1.0, 1.0, False)
+    plain = tensors(problem)
+    u, lower = torch.ops.bandsolve.smnn_solve(*plain, *options)
+    assert u.dtype == torch.float32 and lower.dtype == torch.float64
+    torch.library.opcheck(torch.ops.bandsolve.smnn_solve.default,
+                          (*tensors(problem, requires_grad=True), *options))
+
+
 def test_compile_fullgraph_forward_and_backward():
     # One compilation (the slow part of this file): forward and backward graphs.
     problem = make_problem(32, batch=(2,), T=5, E=2, D=2, O=3, Ti=1, Oi=2)

@@ -80,7 +80,7 @@ def _lower_strides(lower_shape, lhs_batch, device):
     if device.type != "cuda":
         return None
     from bandsolve.gpu import config  # CUDA only: imports numba.cuda
-    from bandsolve.gpu.smnn import thread_lower_strides
+    from bandsolve.gpu.driver import thread_lower_strides
 
     if n > config.THREAD_MAX_BLOCK_SIZE:
         return None
@@ -190,8 +190,11 @@ def _(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init, wei
     u_shape, lower_shape = _shapes(coefficients, rhs, init, steps, n_steps, central_smoothness)
     lhs_batch = torch.broadcast_shapes(coefficients.shape[:-4], steps.shape[:-1])
     strides = _lower_strides(lower_shape, lhs_batch, coefficients.device)
-    lower = (coefficients.new_empty(lower_shape) if strides is None else
-             torch.empty_strided(lower_shape, strides, dtype=coefficients.dtype,
+    # the host factor is float64 whatever the inputs' dtype (the CPU solve computes in
+    # float64); the device factor has the inputs' dtype
+    lower_dtype = torch.float64 if coefficients.device.type == "cpu" else coefficients.dtype
+    lower = (coefficients.new_empty(lower_shape, dtype=lower_dtype) if strides is None else
+             torch.empty_strided(lower_shape, strides, dtype=lower_dtype,
                                  device=coefficients.device))
     return coefficients.new_empty(u_shape), lower
 

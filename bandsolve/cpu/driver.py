@@ -218,7 +218,34 @@ class SMNNFactorization:
     residuals formed from the rows, so they are as accurate as a backward-stable
     least-squares solve. Also keeps the flattened coefficients and steps needed for
     refinement and gradients. It is a plain value: keep it as long as the coefficients and
-    steps are unchanged, drop it otherwise.
+    steps are unchanged, drop it otherwise. Solving with it never changes its results.
+
+    Attributes
+    ----------
+    cholesky : BlockCholesky
+        The factor of the normal matrix, batch = the left-hand-side batch.
+
+    Examples
+    --------
+    A damped oscillator ``u'' + 0.3 u' + 4 u = 0`` on 100 steps of 0.01, factored once and
+    solved for 8 right-hand sides at once (their batch axis broadcasts against the
+    factor's empty batch):
+
+    >>> import numpy as np, bandsolve
+    >>> T = 100
+    >>> coefficients = np.zeros((T, 1, 1, 3)); coefficients[...] = [4.0, 0.3, 1.0]
+    >>> steps = np.full(T - 1, 0.01)
+    >>> factor = bandsolve.smnn_factor(coefficients, steps, init_shape=(1, 2))
+    >>> factor
+    SMNNFactorization(batch_shape=(), T=100, E=1, D=1, O=3, init_shape=(1, 2), \
+central_smoothness=False, dtype=float64)
+    >>> rhs = np.zeros((8, T, 1))                     # (B, T, E)
+    >>> init = np.array([[[1.0, 0.0]]])               # (Ti, D, Oi)
+    >>> factor.solve(rhs, init).shape                 # (B, T, D, O)
+    (8, 100, 1, 3)
+    >>> u = bandsolve.smnn_solve(coefficients, rhs[0], init, steps)
+    >>> np.allclose(factor.solve(rhs[0], init), u)
+    True
     """
 
     def __init__(self, lhs, cholesky, status=None, check=True):
@@ -275,14 +302,18 @@ class SMNNFactorization:
 
     @property
     def batch_shape(self):
+        """The left-hand-side batch ``...`` (of ``coefficients`` and ``steps`` broadcast)."""
         return self._lhs.batch_shape
 
     @property
     def n_steps(self):
+        """The sequence length ``T``."""
         return self._lhs.n_steps
 
     @property
     def dtype(self):
+        """float32 or float64 (of the inputs and results; the factor itself is float64);
+        ``rhs`` and ``init`` must have this dtype."""
         return self._lhs.dtype
 
     def __repr__(self):
