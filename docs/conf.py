@@ -29,7 +29,7 @@ extensions = [
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 myst_enable_extensions = ["dollarmath"]
-exclude_patterns = ["_build", "design.md"]
+exclude_patterns = ["_build"]
 
 # signatures stay readable: the types are in the docstrings (shapes and dtypes)
 autodoc_typehints = "none"
