@@ -530,6 +530,17 @@ def test_no_equations_is_a_least_squares_problem():
     assert all(np.all(np.isfinite(x)) for x in grads)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_no_equations_with_too_few_initial_values_is_singular(dtype):
+    """E = 0 with initial values of orders < 2 only (O = 3): the quadratic of the Taylor
+    rows' null space is free, so the least-squares solution is not unique; it must raise
+    FactorizationError (a pivot test relative to the column norms), not return one of the
+    infinitely many solutions."""
+    c, r, g, h = (a.astype(dtype) for a in make_problem(341, T=6, E=0, D=1, O=3, Ti=1, Oi=2))
+    with pytest.raises(bandsolve.FactorizationError, match="initial value"):
+        bandsolve.smnn_solve(c, r, g, h)
+
+
 # ---------------------------------------------------------------------------------------
 # The VJP does not change when the caller mutates its arrays (issue 15)
 # ---------------------------------------------------------------------------------------

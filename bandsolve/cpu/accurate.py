@@ -48,21 +48,47 @@ CONVERGED = 0
 NOT_CONVERGED = 1
 
 
+# An order whose solution is this small, measured as its contribution to the rows
+# (|x_k| times the norm of its column of A), relative to the largest order's, is
+# rounding noise to the rows: its own relative correction says nothing.
+INVISIBLE_ORDER = 1e-10
+
+
 @jit_helper
-def _relative_correction(x, g, n_orders):
-    """``max_o max|g_o| / max|x_o|`` over derivative orders ``o`` (x, g ``(T, n)``)."""
+def _column_norms(lower, scale):
+    """``scale[t, k] = sqrt(M_kk)``, the norm of unknown k's column of the rows, from the
+    factor (``M = L L^T``): lower ``(T, p+1, n, n)``, scale ``(T, n)``."""
+    p = lower.shape[1] - 1
+    n = lower.shape[2]
+    for t in range(lower.shape[0]):
+        for k in range(n):
+            total = 0.0
+            for j in range(min(p, t) + 1):
+                for m in range(n):
+                    total += lower[t, j, k, m] * lower[t, j, k, m]
+            scale[t, k] = math.sqrt(total)
+
+
+@jit_helper
+def _relative_correction(x, g, scale, n_orders):
+    """``max_o max|g_o| / max|x_o|`` over derivative orders ``o`` (x, g, scale
+    ``(T, n)``), leaving out orders invisible to the rows (``INVISIBLE_ORDER``)."""
     n = x.shape[1]
+    seen = 0.0
+    for t in range(x.shape[0]):
+        for k in range(n):
+            seen = max(seen, abs(x[t, k]) * scale[t, k])
     worst = 0.0
     for o in range(n_orders):
         gmax = 0.0
         xmax = 0.0
+        seen_o = 0.0
         for t in range(x.shape[0]):
             for k in range(o, n, n_orders):
                 gmax = max(gmax, abs(g[t, k]))
                 xmax = max(xmax, abs(x[t, k]))
-        if gmax > 0.0:
-            if not (xmax > 0.0):
-                return math.inf
+                seen_o = max(seen_o, abs(x[t, k]) * scale[t, k])
+        if gmax > 0.0 and seen_o > INVISIBLE_ORDER * seen:
             worst = max(worst, gmax / xmax)
     if not (worst < math.inf):  # NaN as well
         return math.inf
@@ -82,6 +108,8 @@ def refine(coefficients, steps, rhs, init, n_orders, n_init_steps, n_init_orders
     above it, or when the first one is above ``first_limit``.
     """
     previous = math.inf
+    scale = np.empty_like(x)
+    _column_norms(lower, scale)
     for step in range(max_steps):
         for t in range(g.shape[0]):
             for k in range(g.shape[1]):
@@ -91,7 +119,7 @@ def refine(coefficients, steps, rhs, init, n_orders, n_init_steps, n_init_orders
                              drows)
         forward_substitute(lower, g)
         backward_substitute(lower, g)
-        correction = _relative_correction(x, g, n_orders)
+        correction = _relative_correction(x, g, scale, n_orders)
         if correction == math.inf:
             return NOT_CONVERGED
         for t in range(g.shape[0]):
