@@ -112,7 +112,7 @@ def test_demo_command(tmp_path):
 
 
 def test_demo_verdict_says_when_an_expectation_fails():
-    from bandsolve import demo
+    from bandsolve.apps import demo
 
     good = dict(exact=[1e-5] * 3, solve_ivp=[1e-5] * 3, scale=[1.0] * 3)
     bad = dict(exact=[5e-3, 1e-5, 1e-5], solve_ivp=[1e-5] * 3, scale=[1.0] * 3)
