@@ -105,4 +105,4 @@ def jit_routine(func):
     nothing measurable, while inlining it into every kernel would multiply compile time.
     ``.py_func`` stays reachable for the CUDA backend, as for :func:`jit_helper`.
     """
-    return numba.njit(**JIT_OPTIONS)(func)
+    return _njit(func)
