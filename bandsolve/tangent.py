@@ -16,15 +16,14 @@ summed over the rows of DESIGN.md section 1 (``bandsolve.formulation`` defines t
 * central rows ``q(s)``, ``s = h_t + h_{t+1}``: ``-ws^2 ds (q' (q.z) + q (q'.z))``.
 """
 
-import numba
 import numpy as np
 
 from . import _validation as v
-from ._jit import JIT_OPTIONS
+from ._jit import jit_routine
 from .formulation import central_weights, n_taylor_orders, taylor_rows
 
 
-@numba.njit(**JIT_OPTIONS)
+@jit_routine
 def _taylor_tables(steps, n_orders, n_k, rows, drows):
     """rows, drows ``(S, 2*n_k, 2*O)``: the Taylor rows of every step size and their
     derivatives (``taylor_rows``, one call per step)."""
@@ -32,7 +31,7 @@ def _taylor_tables(steps, n_orders, n_k, rows, drows):
         taylor_rows(steps[i], n_orders, n_k, rows[i], drows[i])
 
 
-@numba.njit(**JIT_OPTIONS)
+@jit_routine
 def _central_tables(sums, n_orders, out):
     """out ``(S, 4)``: ``(alpha, beta, dalpha, dbeta)`` of the central row per step sum."""
     for i in range(sums.size):
