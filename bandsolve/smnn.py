@@ -104,7 +104,7 @@ def smnn_solve(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike, steps: 
                weight_init: float = 1.0, weight_smooth: float = 1.0,
                central_smoothness: bool = False, stream: Any = None, check: bool | None = None,
                algorithm: str = "auto") -> np.ndarray:
-    """Solve the S-MNN least-squares problem (DESIGN.md section 1).
+    """Solve the S-MNN least-squares problem (``docs/design.md``, section 1).
 
     Parameters
     ----------

@@ -319,7 +319,7 @@ def _(info, in_dims, coefficients, rhs, init, steps, lower, u, ubar, *options):
 # --------------------------------------------------------------------------- torch.func
 # torch.func.grad / vjp / jacrev need an autograd.Function with a setup_context method; the
 # autograd formula that register_autograd attaches to a custom op is not one (PyTorch
-# issue 168393). These Functions call the same operators and backward operator;
+# bug report 168393). These Functions call the same operators and backward operator;
 # generate_vmap_rule lets vmap see through them to the operators' batching rules above.
 
 def _below_autograd():
