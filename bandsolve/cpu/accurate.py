@@ -140,14 +140,14 @@ def refine(coefficients, steps, rhs, init, n_orders, n_init_steps, n_init_orders
 
 @jit_routine
 def cholesky_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders, we2, wi2,
-                    ws2, central, lower, diagonal, grams, gram_steps, rows, drows):
+                    ws2, central, lower, rows, drows):
     """Assemble and factor one system; returns 0, or ``t + 1`` for the first block row
-    whose pivot is not above ``CHOLESKY_PIVOT_TOL`` times its diagonal entry of ``M``
-    (diagonal ``(n,)`` scratch)."""
+    whose pivot is not above ``CHOLESKY_PIVOT_TOL`` times its diagonal entry of ``M``."""
     n_steps = lower.shape[0]
     n = lower.shape[2]
-    gram_steps[0] = np.nan
-    gram_steps[1] = np.nan
+    diagonal = np.empty(n)
+    grams = np.empty((2, 2 * n_orders, 2 * n_orders))
+    gram_steps = np.full(2, np.nan)
     for t in range(n_steps):
         assemble_block_row_cached(coefficients, steps, t, n_steps, n_orders, n_init_steps,
                                   n_init_orders, we2, wi2, ws2, central, lower[t], grams,
@@ -174,7 +174,14 @@ def solve_with_factor(coefficients, rhs, init, n_orders, we2, wi2, lower, x):
 
 @jit_routine
 def qr_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders, we2, wi2, ws2,
-              central, lower, work, colsq, rows, drows):
+              central, lower, rows, drows):
+    """The row QR factor of one system into lower (its own scratch); status as
+    :func:`bandsolve.kernels.row_qr.row_qr_factor`."""
+    n = lower.shape[2]
+    width = lower.shape[1] * n
+    work = np.empty((row_qr_work_rows(coefficients.shape[1], n // n_orders, n_orders,
+                                      central), width))
+    colsq = np.empty(width)
     return row_qr_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders,
                          math.sqrt(we2), math.sqrt(wi2), math.sqrt(ws2), central,
                          QR_PIVOT_TOL, lower, work, colsq, rows, drows)
@@ -202,31 +209,22 @@ def accurate_factor_solve_kernel(coefficients, steps, rhs, rhs_index, init, init
     n_steps = lower.shape[1]
     n = lower.shape[3]
     n_k = n_taylor_orders(n_orders, central)
-    n_dims = n // n_orders
-    width = lower.shape[2] * n
-    n_work = row_qr_work_rows(coefficients.shape[2], n_dims, n_orders, central)
     for b in numba.prange(lower.shape[0]):
         rows = np.empty((2 * n_k, 2 * n_orders))
         drows = np.empty_like(rows)
-        grams = np.empty((2, 2 * n_orders, 2 * n_orders))
-        gram_steps = np.empty(2)
-        diagonal = np.empty(n)
         g = np.empty((n_steps, n))
         c, h = coefficients[b], steps[b]
         r, gi = rhs[rhs_index[b]], init[init_index[b]]
         status = cholesky_factor(c, h, n_orders, n_init_steps, n_init_orders, we2, wi2,
-                                 ws2, central, lower[b], diagonal, grams, gram_steps, rows,
-                                 drows)
+                                 ws2, central, lower[b], rows, drows)
         if status == 0:
             solve_with_factor(c, r, gi, n_orders, we2, wi2, lower[b], x[b])
             status = refine(c, h, r, gi, n_orders, n_init_steps, n_init_orders, we2, wi2,
                             ws2, central, True, g, lower[b], x[b], g, rows, drows,
                             CHOLESKY_MAX_STEPS, CHOLESKY_FIRST_CORRECTION)
         if status != 0:
-            work = np.empty((n_work, width))
-            colsq = np.empty(width)
             status = qr_factor(c, h, n_orders, n_init_steps, n_init_orders, we2, wi2, ws2,
-                               central, lower[b], work, colsq, rows, drows)
+                               central, lower[b], rows, drows)
             if status == 0:
                 solve_with_factor(c, r, gi, n_orders, we2, wi2, lower[b], x[b])
                 if refine(c, h, r, gi, n_orders, n_init_steps, n_init_orders, we2, wi2,
@@ -243,52 +241,30 @@ def accurate_factor_kernel(coefficients, steps, n_orders, n_init_steps, n_init_o
                            we2, wi2, ws2, central, lower, info):
     """Factor every left-hand side: Cholesky with the relative pivot test, row QR where
     it fails. info ``(Bl,)``: 0 or ``t + 1`` (rank deficient at step t)."""
-    n = lower.shape[3]
     n_k = n_taylor_orders(n_orders, central)
-    n_dims = n // n_orders
-    width = lower.shape[2] * n
-    n_work = row_qr_work_rows(coefficients.shape[2], n_dims, n_orders, central)
     for b in numba.prange(lower.shape[0]):
         rows = np.empty((2 * n_k, 2 * n_orders))
         drows = np.empty_like(rows)
-        grams = np.empty((2, 2 * n_orders, 2 * n_orders))
-        gram_steps = np.empty(2)
-        diagonal = np.empty(n)
         status = cholesky_factor(coefficients[b], steps[b], n_orders, n_init_steps,
-                                 n_init_orders, we2, wi2, ws2, central, lower[b], diagonal,
-                                 grams, gram_steps, rows, drows)
+                                 n_init_orders, we2, wi2, ws2, central, lower[b], rows,
+                                 drows)
         if status != 0:
-            status = _qr_into(coefficients[b], steps[b], n_orders, n_init_steps,
-                              n_init_orders, we2, wi2, ws2, central, lower[b], rows, drows,
-                              n_work, width)
+            status = qr_factor(coefficients[b], steps[b], n_orders, n_init_steps,
+                               n_init_orders, we2, wi2, ws2, central, lower[b], rows, drows)
         info[b] = status
-
-
-@jit_routine
-def _qr_into(c, h, n_orders, n_init_steps, n_init_orders, we2, wi2, ws2, central, lower,
-             rows, drows, n_work, width):
-    work = np.empty((n_work, width))
-    colsq = np.empty(width)
-    return qr_factor(c, h, n_orders, n_init_steps, n_init_orders, we2, wi2, ws2, central,
-                     lower, work, colsq, rows, drows)
 
 
 @jit_kernel
 def qr_factor_kernel(coefficients, steps, n_orders, n_init_steps, n_init_orders, we2, wi2,
                      ws2, central, lower, which, info):
     """Row QR factors for the left-hand sides listed in which ``(k,)``; info ``(k,)``."""
-    n = lower.shape[3]
     n_k = n_taylor_orders(n_orders, central)
-    n_dims = n // n_orders
-    width = lower.shape[2] * n
-    n_work = row_qr_work_rows(coefficients.shape[2], n_dims, n_orders, central)
     for i in numba.prange(which.shape[0]):
         b = which[i]
         rows = np.empty((2 * n_k, 2 * n_orders))
         drows = np.empty_like(rows)
-        info[i] = _qr_into(coefficients[b], steps[b], n_orders, n_init_steps,
-                           n_init_orders, we2, wi2, ws2, central, lower[b], rows, drows,
-                           n_work, width)
+        info[i] = qr_factor(coefficients[b], steps[b], n_orders, n_init_steps,
+                            n_init_orders, we2, wi2, ws2, central, lower[b], rows, drows)
 
 
 @jit_kernel
