@@ -43,15 +43,11 @@ def smnn_factor_solve(coefficients, rhs, init, steps, *, n_steps=None, weight_eq
     adapters); on the host it takes the same fused factor-and-solve pass as
     :func:`smnn_solve`. Arguments as for :func:`smnn_solve`.
     """
-    if _backend.on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
-        return _backend.gpu_driver().factor_solve(
-            coefficients, rhs, init, steps, n_steps=n_steps, weight_equation=weight_equation,
-            weight_init=weight_init, weight_smooth=weight_smooth,
-            central_smoothness=central_smoothness, stream=stream, check=check,
-            algorithm=algorithm)
-    _backend.host_options(stream, algorithm)
-    u, factorization, _ = host.solve(coefficients, rhs, init, steps, n_steps=n_steps,
-                                     weight_equation=weight_equation, weight_init=weight_init,
-                                     weight_smooth=weight_smooth,
-                                     central_smoothness=central_smoothness, check=check)
-    return u, factorization
+    driver, device_options = (_backend.device_call(stream, algorithm, coefficients=coefficients,
+                                                   rhs=rhs, init=init, steps=steps)
+                               or (host, {}))
+    return driver.factor_solve(coefficients, rhs, init, steps, n_steps=n_steps,
+                               weight_equation=weight_equation, weight_init=weight_init,
+                               weight_smooth=weight_smooth,
+                               central_smoothness=central_smoothness, check=check,
+                               **device_options)

@@ -14,7 +14,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _backend
-from . import _validation
 from .cpu import driver as host
 from .cpu.driver import SMNNFactorization
 
@@ -24,7 +23,40 @@ Gradients = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 __all__ = ["SMNNFactorization", "smnn_factor", "smnn_normal_equations", "smnn_solve",
            "smnn_solve_vjp"]
 
+# The keywords every entry point takes and forwards unchanged to the backend's driver.
+_OPTIONS = ("n_steps", "weight_equation", "weight_init", "weight_smooth",
+            "central_smoothness", "check")
 
+# Parameter descriptions shared by the entry points' docstrings ({policy} in them).
+_SHARED_DOCS = {"policy": """    check : bool or None
+        The failure policy, one keyword on both backends. ``True``: a system that cannot
+        be solved (rank deficient to working precision, or refinement that does not
+        converge) raises ``FactorizationError`` naming its batch index and time step (on
+        the device this also checks the input values, which synchronises it). ``False``:
+        NaN in that system's slice only, the others are solved, and
+        ``smnn_factor(...).status`` says which failed. Default ``None``: ``True`` for
+        host inputs, ``False`` for device inputs (no hidden synchronisation).
+    stream, algorithm
+        Device inputs only (``bandsolve.gpu``); leave the defaults for NumPy inputs.
+        ``stream``: the CUDA stream to run on (default: CuPy's current stream for CuPy
+        inputs). ``algorithm``: ``"auto"``, ``"thread"`` (a thread per system),
+        ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in time).
+"""}
+
+
+def _options(arguments):
+    """The forwarded keywords out of an entry point's ``locals()``."""
+    return {name: arguments[name] for name in _OPTIONS}
+
+
+def _shared_doc(function):
+    """Fill the shared parameter descriptions into ``function``'s docstring."""
+    for key, text in _SHARED_DOCS.items():
+        function.__doc__ = function.__doc__.replace("{" + key + "}", text)
+    return function
+
+
+@_shared_doc
 def smnn_factor(coefficients: ArrayLike, steps: ArrayLike, *, init_shape: tuple[int, int],
                 n_steps: int | None = None, weight_equation: float = 1.0,
                 weight_init: float = 1.0, weight_smooth: float = 1.0,
@@ -45,20 +77,7 @@ def smnn_factor(coefficients: ArrayLike, steps: ArrayLike, *, init_shape: tuple[
         ``T``, needed only when neither input carries it.
     weight_equation, weight_init, weight_smooth, central_smoothness
         As for :func:`smnn_solve`.
-    check : bool or None
-        The failure policy, one keyword on both backends. ``True``: a system that cannot
-        be solved (rank deficient to working precision, or refinement that does not
-        converge) raises ``FactorizationError`` naming its batch index and time step (on
-        the device this also checks the input values, which synchronises it). ``False``:
-        NaN in that system's slice only, the others are solved, and
-        ``smnn_factor(...).status`` says which failed. Default ``None``: ``True`` for
-        host inputs, ``False`` for device inputs (no hidden synchronisation).
-    stream, algorithm
-        Device inputs only (``bandsolve.gpu``); leave the defaults for NumPy inputs.
-        ``stream``: the CUDA stream to run on (default: CuPy's current stream for CuPy
-        inputs). ``algorithm``: ``"auto"``, ``"thread"`` (a thread per system),
-        ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in time).
-
+{policy}
     Returns
     -------
     SMNNFactorization
@@ -86,19 +105,12 @@ def smnn_factor(coefficients: ArrayLike, steps: ArrayLike, *, init_shape: tuple[
     ...             bandsolve.smnn_solve(coefficients, rhs, init, steps))
     True
     """
-    if _backend.on_device(coefficients=coefficients, steps=steps):
-        return _backend.gpu_driver().factor(coefficients, steps, init_shape=init_shape, n_steps=n_steps,
-                             weight_equation=weight_equation, weight_init=weight_init,
-                             weight_smooth=weight_smooth,
-                             central_smoothness=central_smoothness, stream=stream,
-                             check=check, algorithm=algorithm)
-    _backend.host_options(stream, algorithm)
-    return host.factor(coefficients, steps, init_shape=init_shape, n_steps=n_steps,
-                       weight_equation=weight_equation, weight_init=weight_init,
-                       weight_smooth=weight_smooth, central_smoothness=central_smoothness,
-                       check=check)
+    driver, device_options = (_backend.device_call(stream, algorithm, coefficients=coefficients,
+                                                   steps=steps) or (host, {}))
+    return driver.factor(coefficients, steps, init_shape=init_shape, **_options(locals()),
+                         **device_options)
 
-
+@_shared_doc
 def smnn_solve(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike, steps: ArrayLike, *,
                n_steps: int | None = None, weight_equation: float = 1.0,
                weight_init: float = 1.0, weight_smooth: float = 1.0,
@@ -122,20 +134,7 @@ def smnn_solve(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike, steps: 
         Positive row weights.
     central_smoothness : bool
         Add central rows (needs ``O >= 3``; the system becomes block-pentadiagonal).
-    check : bool or None
-        The failure policy, one keyword on both backends. ``True``: a system that cannot
-        be solved (rank deficient to working precision, or refinement that does not
-        converge) raises ``FactorizationError`` naming its batch index and time step (on
-        the device this also checks the input values, which synchronises it). ``False``:
-        NaN in that system's slice only, the others are solved, and
-        ``smnn_factor(...).status`` says which failed. Default ``None``: ``True`` for
-        host inputs, ``False`` for device inputs (no hidden synchronisation).
-    stream, algorithm
-        Device inputs only (``bandsolve.gpu``); leave the defaults for NumPy inputs.
-        ``stream``: the CUDA stream to run on (default: CuPy's current stream for CuPy
-        inputs). ``algorithm``: ``"auto"``, ``"thread"`` (a thread per system),
-        ``"block"`` (a thread block per system) or ``"partitioned"`` (parallel in time).
-
+{policy}
     Leading batch axes broadcast by NumPy rules; the left-hand side is factored once per
     distinct (coefficients, steps) batch element. float32 or float64 (mixed inputs
     compute in the wider type).
@@ -182,18 +181,11 @@ def smnn_solve(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike, steps: 
     >>> bool(np.abs(u[:, 0, 0] - exact).max() < 1e-3)
     True
     """
-    if _backend.on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
-        return _backend.gpu_driver().solve(coefficients, rhs, init, steps, n_steps=n_steps,
-                            weight_equation=weight_equation, weight_init=weight_init,
-                            weight_smooth=weight_smooth, central_smoothness=central_smoothness,
-                            stream=stream, check=check, algorithm=algorithm, with_vjp=False)
-    _backend.host_options(stream, algorithm)
-    u, _, _ = host.solve(coefficients, rhs, init, steps, n_steps=n_steps,
-                         weight_equation=weight_equation, weight_init=weight_init,
-                         weight_smooth=weight_smooth, central_smoothness=central_smoothness,
-                         check=check)
-    return u
-
+    driver, device_options = (_backend.device_call(stream, algorithm, coefficients=coefficients,
+                                                   rhs=rhs, init=init, steps=steps)
+                               or (host, {}))
+    return driver.solve(coefficients, rhs, init, steps, with_vjp=False, **_options(locals()),
+                        **device_options)
 
 def smnn_solve_vjp(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike,
                    steps: ArrayLike, *, n_steps: int | None = None,
@@ -220,20 +212,11 @@ def smnn_solve_vjp(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike,
     >>> coefficients_bar.shape, rhs_bar.shape, init_bar.shape, steps_bar.shape
     ((100, 1, 1, 3), (100, 1), (1, 1, 2), (99,))
     """
-    if _backend.on_device(coefficients=coefficients, rhs=rhs, init=init, steps=steps):
-        return _backend.gpu_driver().solve(coefficients, rhs, init, steps, n_steps=n_steps,
-                            weight_equation=weight_equation, weight_init=weight_init,
-                            weight_smooth=weight_smooth, central_smoothness=central_smoothness,
-                            stream=stream, check=check, algorithm=algorithm, with_vjp=True)
-    _backend.host_options(stream, algorithm)
-    # private copies: the vjp must not see later changes to the caller's rhs or u
-    rhs = _validation.as_host_array("rhs", rhs).copy()
-    u, _, backward = host.solve(coefficients, rhs, init, steps, n_steps=n_steps,
-                                weight_equation=weight_equation, weight_init=weight_init,
-                                weight_smooth=weight_smooth,
-                                central_smoothness=central_smoothness, check=check)
-    return u.copy(), backward
-
+    driver, device_options = (_backend.device_call(stream, algorithm, coefficients=coefficients,
+                                                   rhs=rhs, init=init, steps=steps)
+                               or (host, {}))
+    return driver.solve(coefficients, rhs, init, steps, with_vjp=True, **_options(locals()),
+                        **device_options)
 
 def smnn_normal_equations(coefficients, rhs, init, steps, *, n_steps=None,
                           weight_equation=1.0, weight_init=1.0, weight_smooth=1.0,

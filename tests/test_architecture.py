@@ -99,3 +99,26 @@ def test_find_cycle_detects_a_cycle():
 def test_no_import_cycle_in_bandsolve():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+
+def _imports_between(graph, source, target):
+    """The edges from modules in package ``source`` to modules in package ``target``."""
+    return sorted((m, t) for m, edges in graph.items() if m.startswith(source + ".")
+                  for t in edges if t == target or t.startswith(target + "."))
+
+
+def test_layers_only_import_downwards():
+    # kernels/ is the bottom layer; cpu/ and gpu/ build on it and never import each other;
+    # none of the three imports the public modules that dispatch to the backends
+    # (bandsolve.banded is allowed: its BlockBanded/BlockCholesky are the host driver's
+    # return types and it imports only cpu/banded.py, so no cycle can form)
+    graph = import_graph()
+    assert _imports_between(graph, "bandsolve.gpu", "bandsolve.kernels")  # the test can see it
+    assert _imports_between(graph, "bandsolve.gpu", "bandsolve.cpu") == []
+    assert _imports_between(graph, "bandsolve.cpu", "bandsolve.gpu") == []
+    assert _imports_between(graph, "bandsolve.kernels", "bandsolve.cpu") == []
+    assert _imports_between(graph, "bandsolve.kernels", "bandsolve.gpu") == []
+    for layer in ("bandsolve.kernels", "bandsolve.cpu", "bandsolve.gpu"):
+        for public in ("bandsolve.smnn", "bandsolve.dask", "bandsolve.apps", "bandsolve.tangent"):
+            assert _imports_between(graph, layer, public) == [], (layer, public)

@@ -1,6 +1,6 @@
 """The CUDA backend, testable without a GPU.
 
-1. The parallel-in-time algorithm (``bandsolve/cpu/partitioned.py``, compiled for the CPU
+1. The parallel-in-time algorithm (``bandsolve/kernels/partitioned.py``, compiled for the CPU
    here and for CUDA by ``bandsolve.gpu``) against dense solves, in this process.
 2. ``tests/gpu_cases.py``, the CUDA backend against the CPU backend and the dense oracle,
    under the Numba CUDA simulator. The simulator must be switched on before numba's first
@@ -17,7 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from bandsolve.cpu.partitioned import n_chunks_for, partitioned_cholesky_solve
+from bandsolve.cpu.partitioned import partitioned_cholesky_solve
+from bandsolve.kernels.partitioned import n_chunks_for
 
 from helpers import EPS, dense_to_lower_blocks, random_spd_block_banded
 

@@ -23,10 +23,10 @@ import numpy as np
 
 from .._jit import jit_helper, jit_kernel, jit_routine
 from ..formulation import n_taylor_orders
+from ..kernels.assembly import assemble_block_row_cached, rhs_step
 from ..kernels.residual import add_residual_product
 from ..kernels.row_qr import row_qr_factor, row_qr_work_rows
 from ..kernels.banded import backward_substitute, factor_block_row, forward_substitute
-from .smnn import _assemble_rhs_step, assemble_block_row_cached
 
 # A Cholesky pivot (squared) this small relative to M's diagonal entry: the factor's
 # error eps*cond(M) is no longer small enough for refinement; use the row QR factor.
@@ -167,7 +167,8 @@ def cholesky_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders, 
 def solve_with_factor(coefficients, rhs, init, n_orders, we2, wi2, lower, x):
     """``x = M^{-1} b`` with the factor in ``lower`` (no refinement)."""
     for t in range(x.shape[0]):
-        _assemble_rhs_step(coefficients, rhs, init, t, n_orders, we2, wi2, x[t])
+        rhs_step(coefficients, rhs, init, t, n_orders, init.shape[0], init.shape[2], we2, wi2,
+                 x[t])
     forward_substitute(lower, x)
     backward_substitute(lower, x)
 

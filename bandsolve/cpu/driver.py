@@ -276,13 +276,19 @@ central_smoothness=False, dtype=float64)
         """Rebuild a factorisation from its ``lower`` factor (as returned by ``.lower``)
         and the same arguments as :func:`smnn_factor`, without refactoring. For adapters
         that must carry the factor between forward and backward passes as an array."""
-        if _backend.on_device(lower=lower, coefficients=coefficients, steps=steps):
-            return _backend.gpu_driver().from_lower(lower, coefficients, steps, init_shape=init_shape,
-                                     n_steps=n_steps, weight_equation=weight_equation,
-                                     weight_init=weight_init, weight_smooth=weight_smooth,
-                                     central_smoothness=central_smoothness, stream=stream,
-                                     algorithm=algorithm)
-        _backend.host_options(stream, algorithm)
+        options = dict(init_shape=init_shape, n_steps=n_steps,
+                       weight_equation=weight_equation, weight_init=weight_init,
+                       weight_smooth=weight_smooth, central_smoothness=central_smoothness)
+        device = _backend.device_call(stream, algorithm, lower=lower,
+                                      coefficients=coefficients, steps=steps)
+        if device is not None:
+            driver, device_options = device
+            return driver.from_lower(lower, coefficients, steps, **options, **device_options)
+        return cls._host_from_lower(lower, coefficients, steps, **options)
+
+    @classmethod
+    def _host_from_lower(cls, lower, coefficients, steps, *, init_shape, n_steps,
+                         weight_equation, weight_init, weight_smooth, central_smoothness):
         arrays = _problem.host_inputs(coefficients=coefficients, steps=steps)
         problem = _problem.describe_lhs(
             **arrays, init_shape=init_shape, n_steps=n_steps, weight_equation=weight_equation,
@@ -538,10 +544,25 @@ def host_check(check):
     return bool(check)
 
 
-def solve(coefficients, rhs, init, steps, *, check=None, **options):
-    """Host ``smnn_solve``: validate, factor and solve; returns
-    ``(u, factorization, vjp)``. ``options``: ``n_steps``, the weights,
+def solve(coefficients, rhs, init, steps, *, with_vjp, check=None, **options):
+    """Host ``smnn_solve`` (``with_vjp=False``: returns ``u``) and ``smnn_solve_vjp``
+    (returns ``(u, vjp)``). ``options``: ``n_steps``, the weights,
     ``central_smoothness``; ``check`` the failure policy (default: raise)."""
+    if with_vjp:  # private copies: the vjp must not see later changes to rhs or u
+        rhs = v.as_host_array("rhs", rhs).copy()
+    u, _, backward = _solve(coefficients, rhs, init, steps, check=check, **options)
+    return (u.copy(), backward) if with_vjp else u
+
+
+def factor_solve(coefficients, rhs, init, steps, *, check=None, **options):
+    """``(u, factorization)`` from the same fused pass as :func:`solve` (the adapters keep
+    the factorisation for their backward pass)."""
+    u, factorization, _ = _solve(coefficients, rhs, init, steps, check=check, **options)
+    return u, factorization
+
+
+def _solve(coefficients, rhs, init, steps, *, check=None, **options):
+    """Validate, factor and solve; returns ``(u, factorization, vjp)``."""
     check = host_check(check)
     lhs, rhs, init, batch = _host_problem(coefficients, rhs, init, steps, **options)
     _check_magnitudes(lhs)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import _problem
 from .. import _validation as v
-from ..cpu.partitioned import n_chunks_for
+from ..kernels.partitioned import n_chunks_for
 from ..errors import raise_if_failed
 from . import arrays, block, config, gradient, partitioned, thread
 from ._runtime import Device, batch_maps, numba_view, numba_view_strided, shape_of

@@ -3,45 +3,23 @@
 Both are independent across time steps, so they use the whole GPU whatever the batch. The
 gradient pieces are written per step into arrays of the full batch and full length
 ``(B, T, ...)``; ``arrays.reduce_to`` then sums them over broadcast axes (batch and time).
-The rows are those of ``bandsolve.formulation``; the row form of the gradient is the one of
-``cpu/smnn.py::gradient_kernel`` (``docs/design.md``, section 1):
-``dL/dtheta = -y^T dA^T res - (A y)^T dA x + (A y)^T dbeta``.
+The per-step pieces are the shared helpers of ``kernels/assembly.py`` and
+``kernels/gradient.py`` (the CPU kernels loop over the same ones).
 """
 
 import numba
 from numba import cuda
 
-from ..cpu.smnn import _time_index, central_step_term, taylor_step_term
 from ..formulation import n_taylor_orders
+from ..kernels.assembly import rhs_step, time_index
+from ..kernels.gradient import add_equation_step_gradient, central_step_term, taylor_step_term
 from . import config
 from ._runtime import device_function
 from .arrays import source_row
 
 _source_row = device_function(source_row)
-_time_index_d = device_function(_time_index)
-_n_taylor_orders = device_function(n_taylor_orders)
-_taylor_step_term = device_function(taylor_step_term)
-_central_step_term = device_function(central_step_term)
 
 _SCRATCH = 2 * config.MAX_ORDERS
-
-
-def rhs_step(coefficients, rhs, init, t, n_orders, n_init_steps, n_init_orders, we2, wi2,
-             out):
-    """``out = we^2 C_t^T r_t + wi^2 g_t`` for one step: coefficients ``(Tc, E, n)``, rhs
-    ``(Tr, E)``, init ``(Ti, D, Oi)``, out ``(n,)``."""
-    n = out.shape[0]
-    c = coefficients[_time_index_d(t, coefficients.shape[0])]
-    r = rhs[_time_index_d(t, rhs.shape[0])]
-    for a in range(n):
-        value = 0.0
-        for e in range(c.shape[0]):
-            value += c[e, a] * r[e]
-        out[a] = we2 * value
-    if t < n_init_steps:
-        for d in range(n // n_orders):
-            for o in range(n_init_orders):
-                out[d * n_orders + o] += wi2 * init[t, d, o]
 
 
 def gradient_step(coefficients, steps, rhs, x, y, t, n_orders, n_init_steps, n_init_orders,
@@ -55,28 +33,23 @@ def gradient_step(coefficients, steps, rhs, x, y, t, n_orders, n_init_steps, n_i
     """
     n_steps = x.shape[0]
     n = x.shape[1]
-    c = coefficients[_time_index_d(t, coefficients.shape[0])]
-    r = rhs[_time_index_d(t, rhs.shape[0])]
-    for e in range(c.shape[0]):  # equation rows: we*(C x - r), dbeta/dr = we
-        cx = 0.0
-        cy = 0.0
+    for e in range(rhs_bar.shape[0]):
+        rhs_bar[e] = 0.0
         for a in range(n):
-            cx += c[e, a] * x[t, a]
-            cy += c[e, a] * y[t, a]
-        residual = cx - r[e]
-        rhs_bar[e] = we2 * cy
-        for a in range(n):
-            coefficients_bar[e, a] = -we2 * (y[t, a] * residual + cy * x[t, a])
+            coefficients_bar[e, a] = 0.0
+    add_equation_step_gradient(coefficients[time_index(t, coefficients.shape[0])],
+                               rhs[time_index(t, rhs.shape[0])], x[t], y[t], we2,
+                               coefficients_bar, rhs_bar)
     if t < n_steps - 1:  # h[t] enters pair (t, t+1) and the triples t0 = t-1, t
         n_h = steps.shape[0]
-        n_k = _n_taylor_orders(n_orders, central)
-        total = _taylor_step_term(steps[_time_index_d(t, n_h)], x, y, t, n_orders, n_k, rows,
+        n_k = n_taylor_orders(n_orders, central)
+        total = taylor_step_term(steps[time_index(t, n_h)], x, y, t, n_orders, n_k, rows,
                                  drows)
         if central:
             for t0 in range(t - 1, t + 1):
                 if t0 >= 0 and t0 <= n_steps - 3:
-                    s = steps[_time_index_d(t0, n_h)] + steps[_time_index_d(t0 + 1, n_h)]
-                    total += _central_step_term(s, x, y, t0, n_orders)
+                    s = steps[time_index(t0, n_h)] + steps[time_index(t0 + 1, n_h)]
+                    total += central_step_term(s, x, y, t0, n_orders)
         steps_bar[t] = -ws2 * total
     if t < n_init_steps:  # initial-value rows: wi*(u - g), dbeta/dg = wi
         n_dims = n // n_orders

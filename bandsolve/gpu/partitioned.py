@@ -1,6 +1,6 @@
 """Parallel-in-time solver on the device: one thread per (system, interior).
 
-The algorithm and its helpers are those of ``bandsolve/cpu/partitioned.py`` (compiled from
+The algorithm and its helpers are those of ``bandsolve/kernels/partitioned.py`` (compiled from
 the same source; read its docstring for the mathematics). This module only launches them:
 
 ====================  ======================  =========================================
@@ -24,14 +24,14 @@ import math
 import numba
 from numba import cuda
 
-from ..cpu.partitioned import (
+from ..kernels.assembly import assemble_block_row
+from ..kernels.partitioned import (
     correct_chunk,
     factor_chunk,
     factor_reduced,
     solve_chunk,
     solve_separators,
 )
-from ..cpu.smnn import assemble_block_row
 from . import config
 from ._runtime import device_function
 from .arrays import source_row

@@ -1,6 +1,6 @@
 """One thread per system: the kernel shape for small blocks and large batches.
 
-Each thread runs the CPU core's sequential recurrences (``cpu/smnn.py::assemble_block_row``
+Each thread runs the CPU core's sequential recurrences (``kernels/assembly.py::assemble_block_row``
 and ``kernels/banded.py``, compiled from the same source) on its own system. The factor is
 stored with the system index innermost, so that the threads of a warp, working on the same
 cell of their systems, touch consecutive addresses (coalesced)::
@@ -17,8 +17,8 @@ import math
 import numba
 from numba import cuda
 
+from ..kernels.assembly import assemble_block_row
 from ..kernels.banded import backward_substitute, factor_block_row, forward_substitute
-from ..cpu.smnn import assemble_block_row
 from . import config
 from ._runtime import device_function
 from .arrays import source_row

@@ -14,14 +14,62 @@ Cost per block row: about ``(p + p^2/2 + 1/3) n^3`` multiply-adds; linear in ``T
 from .._jit import jit_helper
 from .blocks import (
     cholesky_in_place,
-    right_solve_lower_transpose,
     solve_lower,
     solve_lower_transpose,
-    subtract_gram_lower,
     subtract_matvec,
     subtract_matvec_transpose,
-    subtract_product_nt,
 )
+
+
+@jit_helper
+def offdiagonal_block_rows(lower, t, first, stride):
+    """The off-diagonal blocks ``L[t, t-j]``, ``j = reach..1``, of block row ``t``, for
+    the rows ``i = first, first + stride, ...`` of each block.
+
+    Row ``i`` of these blocks depends only on row ``i`` of the same block row and on
+    earlier block rows, so the threads of a CUDA block can each take some rows without a
+    barrier (``first = 0, stride = 1``: every row).
+    """
+    p = lower.shape[1] - 1
+    n = lower.shape[2]
+    reach = min(p, t)
+    for j in range(reach, 0, -1):  # farthest block first: nearer ones need it
+        block = lower[t, j]
+        for k in range(j + 1, reach + 1):  # block -= L[t, t-k] L[t-j, t-k]^T
+            g = lower[t, k]
+            h = lower[t - j, k - j]
+            for i in range(first, n, stride):
+                for col in range(n):
+                    value = block[i, col]
+                    for m in range(n):
+                        value -= g[i, m] * h[col, m]
+                    block[i, col] = value
+        diag = lower[t - j, 0]  # block <- block L[t-j, t-j]^{-T}
+        for col in range(n):
+            # one division per column, not per entry: the division is the slow part
+            inverse = 1.0 / diag[col, col]
+            for i in range(first, n, stride):
+                value = block[i, col]
+                for m in range(col):
+                    value -= diag[col, m] * block[i, m]
+                block[i, col] = value * inverse
+
+
+@jit_helper
+def diagonal_update_rows(lower, t, first, stride):
+    """``M[t, t] - sum_j L[t, t-j] L[t, t-j]^T`` on the lower triangle of rows
+    ``i = first, first + stride, ...`` of the diagonal block."""
+    p = lower.shape[1] - 1
+    n = lower.shape[2]
+    diagonal = lower[t, 0]
+    for j in range(1, min(p, t) + 1):
+        g = lower[t, j]
+        for i in range(first, n, stride):
+            for col in range(i + 1):
+                value = diagonal[i, col]
+                for m in range(n):
+                    value -= g[i, m] * g[col, m]
+                diagonal[i, col] = value
 
 
 @jit_helper
@@ -31,17 +79,9 @@ def factor_block_row(lower, t):
     Block rows ``< t`` must already hold ``L``; row ``t`` holds ``M``'s row on entry.
     Returns 0, or ``i + 1`` when the ``i``-th pivot of the diagonal block is not positive.
     """
-    p = lower.shape[1] - 1
-    reach = min(p, t)
-    for j in range(reach, 0, -1):  # farthest block first: nearer ones need it
-        block = lower[t, j]
-        for k in range(j + 1, reach + 1):
-            subtract_product_nt(block, lower[t, k], lower[t - j, k - j])
-        right_solve_lower_transpose(block, lower[t - j, 0])
-    diagonal = lower[t, 0]
-    for j in range(1, reach + 1):
-        subtract_gram_lower(diagonal, lower[t, j])
-    return cholesky_in_place(diagonal)
+    offdiagonal_block_rows(lower, t, 0, 1)
+    diagonal_update_rows(lower, t, 0, 1)
+    return cholesky_in_place(lower[t, 0])
 
 
 @jit_helper

@@ -11,68 +11,51 @@ from .._jit import jit_helper
 
 
 @jit_helper
+def cholesky_pivot(a, j):
+    """Pivot ``j`` of the left-looking Cholesky: ``a[j, j] - sum_{k<j} L[j, k]^2``, with
+    columns ``< j`` of ``a`` ``(n, n)`` already holding ``L``."""
+    pivot = a[j, j]
+    for k in range(j):
+        pivot -= a[j, k] * a[j, k]
+    return pivot
+
+
+@jit_helper
+def cholesky_column_rows(a, j, diag, first, stride):
+    """``L[i, j] = (a[i, j] - sum_{k<j} L[i, k] L[j, k]) / diag`` for the rows
+    ``i = j + 1 + first, ... (step stride)``: one thread's share of column ``j``
+    (``first = 0, stride = 1`` for the whole column)."""
+    for i in range(j + 1 + first, a.shape[0], stride):
+        value = a[i, j]
+        for k in range(j):
+            value -= a[i, k] * a[j, k]
+        a[i, j] = value / diag
+
+
+@jit_helper
+def is_valid_pivot(pivot):
+    """Positive and finite (a NaN pivot fails ``> 0``, so NaN is caught too)."""
+    return pivot > 0.0 and pivot < math.inf
+
+
+@jit_helper
 def cholesky_in_place(a):
     """Overwrite the lower triangle of SPD ``a`` ``(n, n)`` with its Cholesky factor.
 
-    Returns 0 on success, or ``i + 1`` when pivot ``i`` is not positive or not finite
-    (a NaN pivot fails ``> 0``, so NaN is caught here too). The strict upper triangle is
-    set to zero so the block can be read as a full matrix.
+    Returns 0 on success, or ``i + 1`` when pivot ``i`` is not positive or not finite.
+    The strict upper triangle is set to zero so the block can be read as a full matrix.
     """
     n = a.shape[0]
     for j in range(n):
-        pivot = a[j, j]
-        for k in range(j):
-            pivot -= a[j, k] * a[j, k]
-        if not (pivot > 0.0 and pivot < float("inf")):
+        pivot = cholesky_pivot(a, j)
+        if not is_valid_pivot(pivot):
             return j + 1
         diag = math.sqrt(pivot)
         a[j, j] = diag
-        for i in range(j + 1, n):
-            value = a[i, j]
-            for k in range(j):
-                value -= a[i, k] * a[j, k]
-            a[i, j] = value / diag
+        cholesky_column_rows(a, j, diag, 0, 1)
         for i in range(j):
             a[i, j] = 0.0
     return 0
-
-
-@jit_helper
-def subtract_product_nt(x, g, h):
-    """``x -= g @ h.T`` for ``(n, n)`` blocks."""
-    n = x.shape[0]
-    for i in range(n):
-        for j in range(n):
-            value = x[i, j]  # accumulate in the block's own dtype
-            for k in range(n):
-                value -= g[i, k] * h[j, k]
-            x[i, j] = value
-
-
-@jit_helper
-def subtract_gram_lower(x, g):
-    """``x -= g @ g.T`` on the lower triangle of ``x`` (the upper triangle is not touched)."""
-    n = x.shape[0]
-    for i in range(n):
-        for j in range(i + 1):
-            value = x[i, j]
-            for k in range(n):
-                value -= g[i, k] * g[j, k]
-            x[i, j] = value
-
-
-@jit_helper
-def right_solve_lower_transpose(x, l):
-    """``x <- x @ inv(l).T`` for lower-triangular ``l``: each row of ``x`` solves ``l y = x_r``."""
-    n = x.shape[0]
-    for i in range(n):
-        # one division per column instead of per entry: the division is the slow part
-        inverse = 1.0 / l[i, i]  # float64 (CUDA has no np.reciprocal); the product rounds once
-        for r in range(n):
-            value = x[r, i]
-            for k in range(i):
-                value -= l[i, k] * x[r, k]
-            x[r, i] = value * inverse
 
 
 @jit_helper

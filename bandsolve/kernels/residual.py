@@ -9,13 +9,9 @@ number; row by row, each residual ``a_r . x - beta_r`` is formed first and is sm
 weights appear (``A^T A`` and ``A^T beta`` carry ``w^2``). Work: O(T (E n + D K O)).
 """
 
-from .._jit import jit_helper, jit_routine
+from .._jit import jit_routine
 from ..formulation import central_weights, n_taylor_orders, taylor_rows
-
-
-@jit_helper
-def _time_index(t, length):
-    return t if length > 1 else 0
+from .assembly import central_row_dot, taylor_row_dot, time_index
 
 
 @jit_routine
@@ -34,8 +30,8 @@ def add_residual_product(coefficients, steps, rhs, init, x, n_orders, n_init_ste
     n_h = steps.shape[0]
     last_h = -1.0
     for t in range(n_steps):
-        c = coefficients[_time_index(t, coefficients.shape[0])]
-        r = rhs[_time_index(t, rhs.shape[0])]
+        c = coefficients[time_index(t, coefficients.shape[0])]
+        r = rhs[time_index(t, rhs.shape[0])]
         for e in range(c.shape[0]):
             res = 0.0
             for a in range(n):
@@ -54,30 +50,25 @@ def add_residual_product(coefficients, steps, rhs, init, x, n_orders, n_init_ste
                         res -= init[t, d, o]
                     g[t, k] -= wi2 * res
         if t < n_steps - 1:
-            h = steps[_time_index(t, n_h)]
+            h = steps[time_index(t, n_h)]
             if h != last_h:
                 taylor_rows(h, n_orders, n_k, rows, drows)
                 last_h = h
             for d in range(n_dims):
                 base = d * n_orders
                 for q in range(2 * n_k):
-                    res = 0.0
-                    for o in range(n_orders):
-                        res += rows[q, o] * x[t, base + o]
-                        res += rows[q, n_orders + o] * x[t + 1, base + o]
-                    res *= ws2
+                    res = ws2 * taylor_row_dot(rows, q, x, t, base, n_orders)
                     for o in range(n_orders):
                         g[t, base + o] -= rows[q, o] * res
                         g[t + 1, base + o] -= rows[q, n_orders + o] * res
         if central and t < n_steps - 2:
-            s = steps[_time_index(t, n_h)] + steps[_time_index(t + 1, n_h)]
+            s = steps[time_index(t, n_h)] + steps[time_index(t + 1, n_h)]
             alpha, beta, _, _ = central_weights(s, n_orders)
             lo = n_orders - 2
             hi = n_orders - 1
             for d in range(n_dims):
                 base = d * n_orders
-                res = ws2 * (alpha * (x[t, base + lo] - x[t + 2, base + lo])
-                             + beta * x[t + 1, base + hi])
+                res = ws2 * central_row_dot(alpha, beta, x, t, base, n_orders)
                 g[t, base + lo] -= alpha * res
                 g[t + 1, base + hi] -= beta * res
                 g[t + 2, base + lo] += alpha * res

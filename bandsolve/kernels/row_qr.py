@@ -25,11 +25,7 @@ import math
 
 from .._jit import jit_helper, jit_routine
 from ..formulation import central_weights, n_taylor_orders, taylor_rows
-
-
-@jit_helper
-def _time_index(t, length):
-    return t if length > 1 else 0
+from .assembly import time_index
 
 
 @jit_helper
@@ -73,7 +69,7 @@ def row_qr_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders, we
             for j in range(width):
                 work[i, j] = 0.0
         m = p * n
-        c = coefficients[_time_index(t, coefficients.shape[0])]
+        c = coefficients[time_index(t, coefficients.shape[0])]
         for e in range(c.shape[0]):
             for a in range(n):
                 value = we * c[e, a]
@@ -87,7 +83,7 @@ def row_qr_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders, we
                     colsq[d * n_orders + o] += wi * wi
                     m += 1
         if t < n_steps - 1:
-            h = steps[_time_index(t, n_h)]
+            h = steps[time_index(t, n_h)]
             if h != last_h:
                 taylor_rows(h, n_orders, n_k, rows, drows)
                 last_h = h
@@ -103,7 +99,7 @@ def row_qr_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders, we
                         colsq[n + base + o] += second * second
                     m += 1
         if central and t < n_steps - 2:
-            s = steps[_time_index(t, n_h)] + steps[_time_index(t + 1, n_h)]
+            s = steps[time_index(t, n_h)] + steps[time_index(t + 1, n_h)]
             alpha, beta, _, _ = central_weights(s, n_orders)
             for d in range(n_dims):
                 lo = d * n_orders + n_orders - 2
