@@ -25,6 +25,11 @@ import numpy as np
 
 from . import _validation as v
 
+# Both backends compute in float64 whatever the inputs' dtype: the normal equations square
+# the condition number, and float32 rows cannot hold the accuracy a user expects
+# (results are returned in the inputs' dtype).
+COMPUTE_DTYPE = np.dtype(np.float64)
+
 LAYOUTS = {
     "coefficients": "(..., T or 1, E, D, O)",
     "rhs": "(..., T or 1, E)",
@@ -78,12 +83,11 @@ class Problem:
 
     def kernel_scalars(self):
         """The scalar arguments of the assembly and factorisation kernels, on both
-        backends: ``(O, Ti, Oi, we^2, wi^2, ws^2, central)``, the squared weights in the
-        data's dtype so that float32 kernels stay in float32."""
+        backends: ``(O, Ti, Oi, we^2, wi^2, ws^2, central)``, the squared weights as
+        float64 (both backends compute in float64 whatever the data's dtype)."""
         we, wi, ws = self.weights
-        scalar = self.dtype.type
         return (self.n_orders, self.n_init_steps, self.n_init_orders,
-                scalar(we * we), scalar(wi * wi), scalar(ws * ws), self.central)
+                float(we * we), float(wi * wi), float(ws * ws), self.central)
 
     def with_rhs(self, rhs, init):
         """This left-hand side with the right-hand-side inputs of a solve of its

@@ -9,9 +9,10 @@ Shapes are tiny (T <= 8, B <= 6, n <= 6): the simulator runs every CUDA thread a
 thread. ``config.MIN_CHUNK`` is lowered so that the parallel-in-time solver cuts even these
 short sequences into several interiors and separators.
 
-Tolerances: the device and the CPU backends run the same recurrences in the same dtype, so
-each is within ``solve_rtol`` (eps * cond(M), see helpers.py) of the float64 least-squares
-oracle; two such results are within twice that of each other. Gradients carry the error of
+Tolerances: the device and the CPU backends both compute in float64 whatever the inputs'
+dtype, so each is within ``solve_rtol`` (eps * cond(M), see helpers.py, with the
+inputs' eps: a loose bound for float32) of the float64 least-squares oracle; two such
+results are within twice that of each other. Gradients carry the error of
 two solves and of products built from them: 10x (as in test_grad.py).
 """
 
@@ -20,7 +21,9 @@ import pytest
 from numba import cuda
 
 import bandsolve
-from bandsolve.gpu import config
+from accuracy_cases import Case
+from bandsolve.gpu import config, refine
+from exact import exact_solution, order_errors
 
 from helpers import (
     fd4,
@@ -87,6 +90,41 @@ def test_solve_and_vjp_match_cpu_and_dense(dtype, central, algorithm):
     for name, g, g_cpu, x in zip(NAMES, grads, vjp_cpu(ubar), problem):
         assert g.shape == x.shape and g.dtype == dtype, name
         assert_rel_close(to_host(g), g_cpu, 10 * 2 * rtol, f"{name}_bar vs CPU")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_float32_inputs_are_solved_in_float64(algorithm):
+    """float32 inputs where float32 normal equations cannot work: small steps make
+    cond(M) = cond(A)^2 far above 1/eps32 ~ 1.7e7 (checked below), so a float32 factor
+    would have a relative error of order one or fail. The device computes in float64, so
+    its error is that of float32 rounding of the result (~6e-8) plus eps64 * cond(M)."""
+    problem = make_problem(31, batch=(2,), T=8, E=1, D=1, O=3, Ti=1, Oi=2, dtype=np.float32)
+    c, r, g, h = problem
+    h = np.full_like(h, 1e-3)  # cond(A) grows like h^-2 with three orders
+    u_ref, cond = oracle_solve(c, r, g, h, **kw(False))
+    assert np.min(cond) > 10 / np.finfo(np.float32).eps  # float32 Cholesky: error > 10
+    u = bandsolve.smnn_solve(*to_device(c, r, g, h), **kw(False), algorithm=algorithm)
+    assert u.dtype == np.float32
+    rtol = 4 * np.finfo(np.float32).eps + solve_rtol(np.float64, np.max(cond))
+    assert_rel_close(to_host(u), u_ref, rtol, "float32 u vs float64 dense")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_float64_refinement_reaches_the_accuracy_contract(algorithm, monkeypatch):
+    """cond(A) ~ 2e6 (five orders, small steps): a float64 Cholesky solve of the normal
+    equations alone misses the contract err[o] <= max(100 eps cond(A), 1e-13) by ~100x
+    (checked with the refinement switched off); the device's row-residual refinement
+    meets it. Reference: the 60-digit solution of tests/exact.py, per derivative order."""
+    case = Case(T=8, O=5, h=0.03, seed=3)
+    c, r, g, h = case.arrays()
+    exact = exact_solution(c, r, g, h, **case.exact_kw)
+    bound = max(100 * np.finfo(np.float64).eps * exact.cond, 1e-13)
+    assert exact.cond > 1e6
+    u = bandsolve.smnn_solve(*to_device(c, r, g, h), **case.weights, algorithm=algorithm)
+    assert max(order_errors(to_host(u), exact.x)) <= bound
+    monkeypatch.setattr(refine, "REFINE_STEPS", 0)
+    u = bandsolve.smnn_solve(*to_device(c, r, g, h), **case.weights, algorithm=algorithm)
+    assert max(order_errors(to_host(u), exact.x)) > 10 * bound
 
 
 @pytest.mark.parametrize("central", [False, True])

@@ -190,9 +190,8 @@ def _(coefficients, rhs, init, steps, n_steps, weight_equation, weight_init, wei
     u_shape, lower_shape = _shapes(coefficients, rhs, init, steps, n_steps, central_smoothness)
     lhs_batch = torch.broadcast_shapes(coefficients.shape[:-4], steps.shape[:-1])
     strides = _lower_strides(lower_shape, lhs_batch, coefficients.device)
-    # the host factor is float64 whatever the inputs' dtype (the CPU solve computes in
-    # float64); the device factor has the inputs' dtype
-    lower_dtype = torch.float64 if coefficients.device.type == "cpu" else coefficients.dtype
+    # the factor is float64 whatever the inputs' dtype (both backends compute in float64)
+    lower_dtype = torch.float64
     lower = (coefficients.new_empty(lower_shape, dtype=lower_dtype) if strides is None else
              torch.empty_strided(lower_shape, strides, dtype=lower_dtype,
                                  device=coefficients.device))

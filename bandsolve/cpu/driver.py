@@ -29,10 +29,7 @@ from .smnn import assemble_kernel, assemble_rhs_kernel, gradient_kernel
 # batch) chosen so one call's per-system coefficients_bar holds about this many numbers
 _GRADIENT_CHUNK_ELEMENTS = 2**21
 
-# The host computes in float64 whatever the inputs' dtype: the normal equations square
-# the condition number, and float32 rows cannot hold the accuracy a user expects
-# (results are returned in the inputs' dtype).
-COMPUTE_DTYPE = np.dtype(np.float64)
+COMPUTE_DTYPE = _problem.COMPUTE_DTYPE
 _SMNN_HINT = ("For an S-MNN problem this means the rows do not pin the solution down: too "
               "few initial values or coefficients (e.g. all-zero coefficients with no "
               "initial value leave a polynomial free); or the problem is singular to "
@@ -87,10 +84,7 @@ class _LeftHandSide:
         return 2 if self.central else 1
 
     def kernel_scalars(self):
-        """The kernels' scalars with the squared weights as float64 (the host computes
-        in float64)."""
-        O, Ti, Oi, we2, wi2, ws2, central = self.problem.kernel_scalars()
-        return O, Ti, Oi, float(we2), float(wi2), float(ws2), central
+        return self.problem.kernel_scalars()
 
     def flat_rhs(self, rhs, init, batch):
         """Right-hand-side inputs flattened for the kernels, with their index maps over

@@ -27,8 +27,11 @@ from .. import _problem
 from .. import _validation as v
 from ..kernels.partitioned import n_chunks_for
 from ..errors import raise_if_failed
-from . import arrays, block, config, gradient, partitioned, thread
+from . import arrays, block, config, gradient, partitioned, refine, thread
 from ._runtime import Device, batch_maps, numba_view, numba_view_strided, shape_of
+
+# float64 on the device too, whatever the inputs' dtype (``_problem.COMPUTE_DTYPE``)
+COMPUTE = _problem.COMPUTE_DTYPE
 
 _WHAT = "S-MNN normal matrix"
 _NAMES = ("coefficients", "rhs", "init", "steps")
@@ -103,7 +106,7 @@ class _DeviceLHS:
             self.steps = steps.reshape((math.prod(self.steps_batch), self.steps_shape[-1]))
         else:  # T = 1: no steps are ever read; one dummy row keeps the kernels' pointer valid
             self.steps_batch = ()
-            self.steps = device.scratch((1, 1), self.dtype)
+            self.steps = device.scratch((1, 1), COMPUTE)
 
     @property
     def bandwidth(self):
@@ -200,7 +203,7 @@ class DeviceSMNNFactorization:
             return self._lower_user.reshape(shape)
         return self._device.strided(self._lower, shape,
                                     thread_lower_strides(shape, lhs.batch_shape,
-                                                         lhs.dtype.itemsize))[0]
+                                                         COMPUTE.itemsize))[0]
 
     # -- solves
     def _check(self, device, rhs, init):
@@ -209,7 +212,8 @@ class DeviceSMNNFactorization:
         _require_device(rhs=rhs, init=init)
         rhs = numba_view("rhs", rhs, device)
         init = numba_view("init", init, device)
-        return rhs, init, lhs.problem.with_rhs(rhs, init).batch
+        batch = lhs.problem.with_rhs(rhs, init).batch
+        return arrays.as_dtype(device, rhs, COMPUTE), arrays.as_dtype(device, init, COMPUTE), batch
 
     def solve(self, rhs, init, *, stream=None):
         """Solve for ``rhs`` ``(..., T or 1, E)`` and ``init`` ``(..., Ti, D, Oi)`` (device
@@ -236,7 +240,7 @@ class DeviceSMNNFactorization:
         v.check_dtype("u", u.dtype)
         if shape_of(u) != u_shape:
             raise ValueError(f"u must have shape {u_shape}; got {shape_of(u)}")
-        x = arrays.as_dtype(device, u, lhs.dtype).reshape(
+        x = arrays.as_dtype(device, u, COMPUTE).reshape(
             (math.prod(batch), lhs.n_steps, lhs.block_size))
         return self._backward(device, rhs, init, batch, x, ubar)
 
@@ -256,10 +260,9 @@ class DeviceSMNNFactorization:
         """``(u, x)``: the user's ``u`` ``(..., T, D, O)`` and its flat view ``(B, T, n)``."""
         lhs = self._lhs
         B, T, n = math.prod(batch), lhs.n_steps, lhs.block_size
-        u, x = device.empty((B, T, n), lhs.dtype)
-        u = u.reshape(batch + (T, lhs.n_dims, lhs.n_orders))
+        u_shape = batch + (T, lhs.n_dims, lhs.n_orders)
         if B == 0:
-            return u, x
+            return device.empty((B, T, n), lhs.dtype)[0].reshape(u_shape), None
         rhs_shape, init_shape = shape_of(rhs), shape_of(init)
         rhs_flat = rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:])
         if lhs.n_init_steps:
@@ -267,16 +270,26 @@ class DeviceSMNNFactorization:
             init_flat = init.reshape((math.prod(init_batch),) + init_shape[-3:])
         else:  # no initial values are read
             init_batch = ()
-            init_flat = device.scratch((1, 1, 1, 1), lhs.dtype)
+            init_flat = device.scratch((1, 1, 1, 1), COMPUTE)
         shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
-                                    rhs=rhs_shape[:-2], init=init_batch,
-                                    factor=lhs.batch_shape)
-        we, wi, _ = lhs.weights
+                                    steps=lhs.steps_batch, rhs=rhs_shape[:-2],
+                                    init=init_batch, factor=lhs.batch_shape)
+        O, Ti, Oi, we2, wi2, ws2, central = lhs.kernel_scalars()
+        x_user, x = device.empty((B, T, n), COMPUTE)
         device.launch(gradient.rhs_kernel, B * T, lhs.coefficients, rhs_flat, init_flat,
                       shape, strides["coefficients"], strides["rhs"], strides["init"],
-                      lhs.n_orders, lhs.n_init_steps, lhs.n_init_orders, we * we, wi * wi, x)
+                      O, Ti, Oi, we2, wi2, x)
         self._substitute(device, x, shape, strides["factor"])
-        return u, x
+        correction = device.scratch((B, T, n), COMPUTE) if refine.REFINE_STEPS else None
+        for _ in range(refine.REFINE_STEPS):  # x += M^{-1} A^T (beta - A x), rows' residual
+            device.launch(refine.residual_kernel, B * T, lhs.coefficients, lhs.steps,
+                          rhs_flat, init_flat, shape, strides["coefficients"],
+                          strides["steps"], strides["rhs"], strides["init"], O, Ti, Oi,
+                          we2, wi2, ws2, central, x, correction)
+            self._substitute(device, correction, shape, strides["factor"])
+            device.launch(refine.add_kernel, B * T * n, arrays.flat(x),
+                          arrays.flat(correction))
+        return _to_user(device, x_user, x, lhs.dtype).reshape(u_shape), x
 
     def _substitute(self, device, x, shape, factor_strides):
         """``x[i] <- M_{factor(i)}^{-1} x[i]`` in place for x ``(B, T, n)``."""
@@ -289,8 +302,8 @@ class DeviceSMNNFactorization:
                                  shape, factor_strides, x)
         else:
             n_chunks, chunk, reduced = self._partition
-            work = device.scratch((B, T, n), self.dtype)
-            xs = device.scratch((B, max(n_chunks - 1, 1), shape_of(reduced)[-1]), self.dtype)
+            work = device.scratch((B, T, n), COMPUTE)
+            xs = device.scratch((B, max(n_chunks - 1, 1), shape_of(reduced)[-1]), COMPUTE)
             device.launch(partitioned.solve_chunks_kernel, B * n_chunks, self._lower, info,
                           shape, factor_strides, x, n_chunks, chunk)
             device.launch(partitioned.solve_separators_kernel, B, self._lower, reduced, info,
@@ -314,7 +327,7 @@ class DeviceSMNNFactorization:
                              f"got {shape_of(ubar)}")
         if B == 0:
             return self._zero_gradients(device, shape_of(rhs), shape_of(init))
-        y = arrays.copy_broadcast(device, ubar, u_shape, lhs.dtype)[1].reshape((B, T, n))
+        y = arrays.copy_broadcast(device, ubar, u_shape, COMPUTE)[1].reshape((B, T, n))
         shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
                                     steps=lhs.steps_batch, rhs=shape_of(rhs)[:-2],
                                     factor=lhs.batch_shape)
@@ -331,7 +344,7 @@ class DeviceSMNNFactorization:
         gradient kernel writes per-step pieces for the full batch and length, written
         straight into the result when an input is not broadcast, else reduced into it."""
         lhs = self._lhs
-        dtype = lhs.dtype
+        dtype = COMPUTE  # computed in float64, returned in the inputs' dtype
         B, T, n = shape_of(x)
         E, D = lhs.n_equations, lhs.n_dims
         Ti, Oi = lhs.n_init_steps, lhs.n_init_orders
@@ -347,26 +360,35 @@ class DeviceSMNNFactorization:
         results, fulls, pending = {}, {}, []
         for name, (kernel_shape, full_rows, in_shape, in_rows) in specs.items():
             if math.prod(kernel_shape) == 0:  # T = 1, no initial values or E = 0
-                results[name] = arrays.zeros(device, in_shape, dtype)[0]
+                results[name] = arrays.zeros(device, in_shape, dtype)
                 fulls[name] = device.scratch(kernel_shape, dtype)  # never read or written
                 continue
             user, view = device.empty(in_shape, dtype)
-            results[name] = user
+            results[name] = (user, view)
             if tuple(in_rows) == full_rows:
                 fulls[name] = view.reshape(kernel_shape)
             else:
                 fulls[name] = device.scratch(kernel_shape, dtype)
                 pending.append((fulls[name], full_rows, tuple(in_rows),
                                 math.prod(kernel_shape[2:]), view))
-        we, wi, ws = lhs.weights
+        _, _, _, we2, wi2, ws2, _ = lhs.kernel_scalars()
         device.launch(gradient.gradient_kernel, B * T, lhs.coefficients, lhs.steps,
                       rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:]),
                       shape, strides["coefficients"], strides["steps"], strides["rhs"],
-                      x, y, lhs.n_orders, Ti, Oi, we * we, wi * wi, ws * ws, lhs.central,
+                      x, y, lhs.n_orders, Ti, Oi, we2, wi2, ws2, lhs.central,
                       fulls["coefficients"], fulls["rhs"], fulls["steps"], fulls["init"])
         for full, full_rows, target_rows, inner, out in pending:
             arrays.reduce_to(device, full, full_rows, target_rows, inner, out)
-        return (results["coefficients"], results["rhs"], results["init"], results["steps"])
+        return tuple(_to_user(device, *results[name], lhs.dtype)
+                     for name in ("coefficients", "rhs", "init", "steps"))
+
+
+def _to_user(device, user, view, dtype):
+    """A float64 result ``(user array, numba view)`` as the user's array in ``dtype``
+    (the array itself for float64, else a cast copy)."""
+    if view is None or view.dtype == dtype:
+        return user
+    return arrays.copy_broadcast(device, view, shape_of(view), dtype)[0]
 
 
 def thread_lower_strides(shape, batch_shape, itemsize):
@@ -405,22 +427,22 @@ def _factor(device, lhs, algorithm):
     scalars = lhs.kernel_scalars()
     partition = None
     if algorithm == "thread":
-        lower_user, lower = device.empty((T, p + 1, n, n, n_lhs), lhs.dtype)
+        lower_user, lower = device.empty((T, p + 1, n, n, n_lhs), COMPUTE)
         device.launch(thread.factor_kernel, n_lhs, lhs.coefficients, lhs.steps, shape,
                       c_strides, h_strides, *scalars, lower, info)
     elif algorithm == "block":
-        lower_user, lower = device.empty((n_lhs, T, p + 1, n, n), lhs.dtype)
+        lower_user, lower = device.empty((n_lhs, T, p + 1, n, n), COMPUTE)
         device.launch_blocks(block.factor_kernel, n_lhs, _block_threads(n), lhs.coefficients,
                              lhs.steps, shape, c_strides, h_strides, *scalars, lower, info)
     else:
         chunk = config.chunk_length(T, n_lhs, p)
         n_chunks = n_chunks_for(T, p, chunk)
-        lower_user, lower = device.empty((n_lhs, T, p + 1, n, n), lhs.dtype)
+        lower_user, lower = device.empty((n_lhs, T, p + 1, n, n), COMPUTE)
         pn = p * n
-        work = device.scratch((n_lhs, T, n), lhs.dtype)
-        schur = device.scratch((n_lhs, n_chunks, 3, pn, pn), lhs.dtype)
+        work = device.scratch((n_lhs, T, n), COMPUTE)
+        schur = device.scratch((n_lhs, n_chunks, 3, pn, pn), COMPUTE)
         chunk_status = device.scratch((n_lhs, n_chunks), np.int64)
-        reduced = device.scratch((n_lhs, max(n_chunks - 1, 1), 2, pn, pn), lhs.dtype)
+        reduced = device.scratch((n_lhs, max(n_chunks - 1, 1), 2, pn, pn), COMPUTE)
         device.launch(partitioned.assemble_kernel, n_lhs * T, lhs.coefficients, lhs.steps,
                       shape, c_strides, h_strides, *scalars, lower)
         device.launch(partitioned.factor_chunks_kernel, n_lhs * n_chunks, lower, work,
@@ -456,7 +478,7 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     c, r, g, h = views
     if check:
         _check_values(device, coefficients=c, rhs=r, init=g, steps=h)
-    c, r, g, h = (arrays.as_dtype(device, a, problem.dtype) for a in views)
+    c, r, g, h = (arrays.as_dtype(device, a, COMPUTE) for a in views)
     if with_vjp:  # the vjp reads coefficients and steps: keep private copies
         c, h = (arrays.copy_broadcast(device, a, shape_of(a), a.dtype)[1] for a in (c, h))
     lhs = _DeviceLHS(device, problem, c, h)
@@ -481,7 +503,7 @@ def factor(coefficients, steps, *, init_shape, n_steps, weight_equation, weight_
         central_smoothness=central_smoothness)
     if check:
         _check_values(device, coefficients=c, steps=h)
-    c, h = (arrays.as_dtype(device, a, problem.dtype) for a in (c, h))
+    c, h = (arrays.as_dtype(device, a, COMPUTE) for a in (c, h))
     lhs = _DeviceLHS(device, problem, c, h)
     factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs,
                                                             math.prod(lhs.batch_shape)))
@@ -505,7 +527,7 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
         c, h, init_shape=init_shape, n_steps=n_steps, weight_equation=weight_equation,
         weight_init=weight_init, weight_smooth=weight_smooth,
         central_smoothness=central_smoothness)
-    c, h = (arrays.as_dtype(device, a, problem.dtype) for a in (c, h))
+    c, h = (arrays.as_dtype(device, a, COMPUTE) for a in (c, h))
     lhs = _DeviceLHS(device, problem, c, h)
     T = problem.n_steps
     n_lhs = math.prod(lhs.batch_shape)
@@ -519,19 +541,19 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
     if algorithm not in ("thread", "block"):
         raise ValueError("from_lower rebuilds a block Cholesky factorisation: algorithm must "
                          f"be 'auto', 'thread' or 'block'; got {algorithm!r}")
-    itemsize = lhs.dtype.itemsize
+    itemsize = COMPUTE.itemsize
     thread_strides = thread_lower_strides(expected, lhs.batch_shape, itemsize)
     strides = tuple(int(s) for s in lower.strides)
     flat_lower = None
-    if (algorithm == "thread" and lower.dtype == lhs.dtype and math.prod(expected)
+    if (algorithm == "thread" and lower.dtype == COMPUTE and math.prod(expected)
             and _same_layout(expected, strides, thread_strides)):
         # .lower of a thread factorisation: its storage, as it is
         storage_shape = (T, p + 1, n, n, n_lhs)
         storage_strides = thread_strides[len(lhs.batch_shape):] + (itemsize,)
         lower_user, storage = device.strided(lower, storage_shape, storage_strides)
     else:
-        if not lower.is_c_contiguous() or lower.dtype != lhs.dtype:
-            lower = arrays.as_dtype(device, numba_view("lower", given, device), lhs.dtype)
+        if not lower.is_c_contiguous() or lower.dtype != COMPUTE:
+            lower = arrays.as_dtype(device, numba_view("lower", given, device), COMPUTE)
         flat_lower = lower.reshape((n_lhs, T, p + 1, n, n))
         if algorithm == "thread" and flat_lower.size:
             # the thread kernels read system s as storage[..., s]: a strided view of the

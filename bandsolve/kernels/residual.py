@@ -9,9 +9,9 @@ number; row by row, each residual ``a_r . x - beta_r`` is formed first and is sm
 weights appear (``A^T A`` and ``A^T beta`` carry ``w^2``). Work: O(T (E n + D K O)).
 """
 
-from .._jit import jit_routine
+from .._jit import jit_helper, jit_routine
 from ..formulation import central_weights, n_taylor_orders, taylor_rows
-from .assembly import central_row_dot, taylor_row_dot, time_index
+from .assembly import central_entry, central_order, central_row_dot, taylor_row_dot, time_index
 
 
 @jit_routine
@@ -72,3 +72,57 @@ def add_residual_product(coefficients, steps, rhs, init, x, n_orders, n_init_ste
                 g[t, base + lo] -= alpha * res
                 g[t + 1, base + hi] -= beta * res
                 g[t + 2, base + lo] += alpha * res
+
+
+@jit_helper
+def residual_step(coefficients, steps, rhs, init, x, t, n_orders, n_init_steps,
+                  n_init_orders, we2, wi2, ws2, central, out, rows, drows):
+    """``out = [A^T (beta - A x)]_t`` ``(n,)``, the rows that touch step ``t`` gathered
+    (equations and initial values of ``t``, Taylor pairs ``(t, t+1)`` and ``(t-1, t)``,
+    central triples starting at ``t``, ``t-1``, ``t-2``), so that one CUDA thread per
+    step can write its own entries. Same result as :func:`add_residual_product` (which
+    scatters each row's terms); arguments as there, ``with_beta`` always on.
+    """
+    n_steps, n = x.shape
+    n_dims = n // n_orders
+    n_k = n_taylor_orders(n_orders, central)
+    n_h = steps.shape[0]
+    c = coefficients[time_index(t, coefficients.shape[0])]
+    r = rhs[time_index(t, rhs.shape[0])]
+    for a in range(n):
+        out[a] = 0.0
+    for e in range(c.shape[0]):
+        res = 0.0
+        for a in range(n):
+            res += c[e, a] * x[t, a]
+        res = we2 * (res - r[e])
+        for a in range(n):
+            out[a] -= c[e, a] * res
+    if t < n_init_steps:
+        for d in range(n_dims):
+            for o in range(n_init_orders):
+                k = d * n_orders + o
+                out[k] -= wi2 * (x[t, k] - init[t, d, o])
+    for half in range(2):  # pair (t, t+1): u[t] is its first half; (t-1, t): its second
+        t0 = t - half
+        if t0 < 0 or t0 > n_steps - 2:
+            continue
+        taylor_rows(steps[time_index(t0, n_h)], n_orders, n_k, rows, drows)
+        for d in range(n_dims):
+            base = d * n_orders
+            for q in range(2 * n_k):
+                res = ws2 * taylor_row_dot(rows, q, x, t0, base, n_orders)
+                for o in range(n_orders):
+                    out[base + o] -= rows[q, half * n_orders + o] * res
+    if central:
+        for q in range(3):  # the triple starting at t0 = t - q reads u[t] as its u[t0+q]
+            t0 = t - q
+            if t0 < 0 or t0 > n_steps - 3:
+                continue
+            s = steps[time_index(t0, n_h)] + steps[time_index(t0 + 1, n_h)]
+            alpha, beta, _, _ = central_weights(s, n_orders)
+            entry = central_entry(q, alpha, beta)
+            for d in range(n_dims):
+                base = d * n_orders
+                res = ws2 * central_row_dot(alpha, beta, x, t0, base, n_orders)
+                out[base + central_order(q, n_orders)] -= entry * res
