@@ -38,9 +38,10 @@ import numpy as np
 import scipy.linalg
 from scipy.integrate import solve_ivp
 
-from ..banded import BlockBanded, block_cholesky
+from ..banded import block_cholesky
 from ..baselines import mnn_dense_solve
 from ..smnn import smnn_normal_equations, smnn_solve
+from .bench import best_times, lapack_band
 
 # --------------------------------------------------------------------------- the systems
 
@@ -243,40 +244,6 @@ def _speed_problem(n_steps, batch=1, step=0.01):
             np.full((batch, n_steps - 1), step))
 
 
-def _best_time(function, repeats, warmup=3, min_total=0.2):
-    """Best wall time of ``function()`` over at least ``repeats`` calls (more while the total
-    is under ``min_total`` seconds), after ``warmup`` calls (JIT compilation, thread-pool
-    start-up, caches). ``warmup=0, repeats=1`` times a single cold call."""
-    for _ in range(warmup):
-        function()
-    best, total, count = math.inf, 0.0, 0
-    while count < repeats or (warmup and total < min_total and count < 100 * repeats):
-        start = time.perf_counter()
-        function()
-        elapsed = time.perf_counter() - start
-        best, total, count = min(best, elapsed), total + elapsed, count + 1
-    return best
-
-
-def _lapack_band(matrix):
-    """LAPACK lower band storage ``ab[i - j, j] = M[i, j]`` of one ``BlockBanded`` system,
-    for ``scipy.linalg.solveh_banded(ab, b, lower=True)``."""
-    blocks = matrix.blocks  # (T, p+1, n, n), blocks[t, j] = M[t, t-j]
-    T, width, n, _ = blocks.shape
-    N = T * n
-    ab = np.zeros((width * n, N))
-    for j in range(width):
-        for a in range(n):
-            for c in range(n):
-                # row index i = t*n + a, column index k = (t-j)*n + c, band offset i - k >= 0
-                offset = j * n + a - c
-                if offset < 0 or (j == 0 and a < c):
-                    continue  # above the diagonal, or the unread upper half of M[t, t]
-                t = np.arange(j, T)
-                ab[offset, (t - j) * n + c] = blocks[j:, j, a, c]
-    return ab
-
-
 def speed(lengths=(1000, 10_000, 100_000), dense_max=1000, repeats=3, batches=()):
     """Seconds per solve, best of repeats after warm-up calls, for one system of each
     length in ``lengths`` and for each ``(batch, length)`` in ``batches`` (LAPACK then
@@ -299,10 +266,8 @@ def speed(lengths=(1000, 10_000, 100_000), dense_max=1000, repeats=3, batches=()
         problem = _speed_problem(n_steps, batch)
         kw = dict(central_smoothness=True)
         u = smnn_solve(*problem, **kw)
-        t_band = _best_time(lambda: smnn_solve(*problem, **kw), repeats)
         matrix, b = smnn_normal_equations(*problem, **kw)
-        t_factor = _best_time(lambda: block_cholesky(matrix).solve(b), repeats)
-        bands = [_lapack_band(BlockBanded(matrix.blocks[i])) for i in range(batch)]
+        bands = [lapack_band(matrix, i, tight=False)[0] for i in range(batch)]
         rhs = b.reshape(batch, -1)
 
         def lapack():
@@ -310,7 +275,11 @@ def speed(lengths=(1000, 10_000, 100_000), dense_max=1000, repeats=3, batches=()
                                                check_finite=False) for i in range(batch)]
 
         x_lapack = np.stack(lapack())
-        t_lapack = _best_time(lapack, repeats)
+        # interleaved, so that the ratios see the same disturbances of a shared machine
+        t_band, t_factor, t_lapack = best_times(
+            [(lambda: smnn_solve(*problem, **kw), None),
+             (lambda: block_cholesky(matrix).solve(b), None), (lapack, None)],
+            repeat=repeats)
         row = dict(batch=batch, n_steps=n_steps, bandsolve_s=t_band,
                    bandsolve_factor_s=t_factor, lapack_s=t_lapack,
                    lapack_difference=float(np.abs(x_lapack - u.reshape(batch, -1)).max()),
