@@ -127,6 +127,74 @@ def test_float64_refinement_reaches_the_accuracy_contract(algorithm, monkeypatch
     assert max(order_errors(to_host(u), exact.x)) > 10 * bound
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_vjp_second_solve_is_refined_too(algorithm, monkeypatch):
+    """The VJP's y = M^{-1} ubar at cond(A) ~ 2e6: init_bar = wi^2 y at the pinned entries
+    exposes y itself, so it must meet the solution's contract, 100 eps cond(A), against
+    the host's (refined) VJP; with the device's refinement off it misses by far.
+    (coefficients_bar and rhs_bar are left out: they multiply y by the equations'
+    residual c.x - r, which cancels to rounding level, so even two accurate solvers agree
+    on them only to ~1e-6 here.)"""
+    case = Case(T=8, O=5, h=0.03, seed=3)
+    c, r, g, h = case.arrays()
+    exact = exact_solution(c, r, g, h, **case.exact_kw)
+    tol = 100 * np.finfo(np.float64).eps * exact.cond
+    ubar = np.random.default_rng(5).standard_normal((8, 1, 5))
+    _, vjp_host = bandsolve.smnn_solve_vjp(c, r, g, h, **case.weights)
+    init_bar_host = vjp_host(ubar)[2]
+
+    def device_init_bar():
+        _, vjp = bandsolve.smnn_solve_vjp(*to_device(c, r, g, h), **case.weights,
+                                          algorithm=algorithm)
+        return to_host(vjp(cuda.to_device(ubar))[2])
+
+    assert_rel_close(device_init_bar(), init_bar_host, tol, "init_bar = wi^2 y")
+    monkeypatch.setattr(refine, "REFINE_STEPS", 0)
+    err = np.linalg.norm(device_init_bar() - init_bar_host) / np.linalg.norm(init_bar_host)
+    assert err > 10 * tol, err
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_ill_conditioned_float64_falls_back_to_row_qr(algorithm):
+    """cond(A) = 2e10 (O = 5, h = 0.003): the normal equations' cond(M) ~ 5e20 is beyond
+    float64, so the block Cholesky kernels' factor is replaced on the device by the QR
+    sweep over the rows, and the contract err[o] <= 100 eps cond(A) holds (reference:
+    tests/exact.py). The parallel-in-time factorisation has no such fallback: there the
+    system must fail visibly (status set, NaN), never come back inaccurate."""
+    case = Case(T=8, O=5, h=0.003, seed=3)
+    c, r, g, h = case.arrays()
+    exact = exact_solution(c, r, g, h, **case.exact_kw)
+    assert exact.cond > 1e10
+    factor = bandsolve.smnn_factor(*to_device(c, h), init_shape=(g.shape[0], g.shape[2]),
+                                   **case.weights, algorithm=algorithm)
+    u = to_host(factor.solve(*to_device(r, g)))
+    if algorithm == "partitioned" and factor.status.to_host() != 0:
+        assert np.all(np.isnan(u))
+        with pytest.raises(bandsolve.FactorizationError):
+            factor.check()
+        return
+    assert factor.status.to_host() == 0
+    assert max(order_errors(u, exact.x)) <= 100 * np.finfo(np.float64).eps * exact.cond
+
+
+@pytest.mark.parametrize("algorithm", ["thread", "block"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rank_deficient_rows_fail_on_the_device(algorithm, dtype):
+    """Zero coefficients and only u[0] given: the higher orders are free (u = a + b t + ...),
+    so A is rank deficient although every Cholesky pivot of M may come out positive from
+    rounding; the relative pivot test and the QR sweep's rank test must fail the system,
+    named by its batch index, while its healthy neighbour is solved."""
+    c, r, g, h = make_problem(41, batch=(2,), T=8, E=1, D=1, O=3, Ti=1, Oi=1, dtype=dtype)
+    c[1] = 0.0
+    factor = bandsolve.smnn_factor(*to_device(c, h), init_shape=(1, 1), algorithm=algorithm)
+    status = factor.status.to_host()
+    assert status[0] == 0 and status[1] != 0, status
+    u = to_host(factor.solve(*to_device(r, g)))
+    assert np.all(np.isnan(u[1])) and np.all(np.isfinite(u[0]))
+    with pytest.raises(bandsolve.FactorizationError, match=r"\(1,\)"):
+        factor.check()
+
+
 @pytest.mark.parametrize("central", [False, True])
 def test_vjp_matches_finite_differences_of_dense_oracle(central):
     """Independent of both backends: 4th-order differences of the lstsq oracle."""

@@ -50,7 +50,13 @@ def test_residual_gather_and_scatter_match_dense_rows(central, T, Ti, Oi, broadc
     gathered = np.empty((T, 2 * O))
     for t in range(T):
         residual_step(cf, hf, rf, gf, x, t, O, Ti, Oi, we * we, wi * wi, ws * ws, central,
-                      gathered[t], rows, drows)
+                      True, gathered[t], rows, drows)
     scale = np.abs(expected).max()
     assert np.abs(scattered - expected).max() <= 1e-12 * scale
     assert np.abs(gathered - expected).max() <= 1e-12 * scale
+    # without beta: -A^T A x, the plain system's residual (the VJP's y = M^{-1} ubar)
+    expected = -(A.T @ (A @ x.reshape(-1))).reshape(T, 2 * O)
+    for t in range(T):
+        residual_step(cf, hf, rf, gf, x, t, O, Ti, Oi, we * we, wi * wi, ws * ws, central,
+                      False, gathered[t], rows, drows)
+    assert np.abs(gathered - expected).max() <= 1e-12 * np.abs(expected).max()

@@ -25,15 +25,10 @@ from .._jit import jit_helper, jit_kernel, jit_routine
 from ..formulation import n_taylor_orders
 from ..kernels.assembly import assemble_block_row_cached, rhs_step
 from ..kernels.residual import add_residual_product
-from ..kernels.row_qr import row_qr_factor, row_qr_work_rows
-from ..kernels.banded import backward_substitute, factor_block_row, forward_substitute
+from ..kernels.row_qr import QR_PIVOT_TOL, row_qr_factor, row_qr_work_rows
+from ..kernels.banded import (CHOLESKY_PIVOT_TOL, backward_substitute, factor_block_row,
+                              forward_substitute)
 
-# A Cholesky pivot (squared) this small relative to M's diagonal entry: the factor's
-# error eps*cond(M) is no longer small enough for refinement; use the row QR factor.
-CHOLESKY_PIVOT_TOL = 1e-10
-# |R_kk| this small relative to the norm of its column of A: rank deficient to working
-# precision (a genuine cond(A) up to ~1e11 stays well above it).
-QR_PIVOT_TOL = 1e-13
 # Refinement: corrections this small relative to the solution are rounding noise.
 EPS = np.finfo(np.float64).eps
 # A correction still above this after refinement stagnates: not converged.

@@ -280,16 +280,27 @@ class DeviceSMNNFactorization:
                       shape, strides["coefficients"], strides["rhs"], strides["init"],
                       O, Ti, Oi, we2, wi2, x)
         self._substitute(device, x, shape, strides["factor"])
-        correction = device.scratch((B, T, n), COMPUTE) if refine.REFINE_STEPS else None
-        for _ in range(refine.REFINE_STEPS):  # x += M^{-1} A^T (beta - A x), rows' residual
+        self._refine(device, x, shape, strides, rhs_flat, init_flat, None)
+        return _to_user(device, x_user, x, lhs.dtype).reshape(u_shape), x
+
+    def _refine(self, device, x, shape, strides, rhs_flat, init_flat, extra):
+        """``refine.REFINE_STEPS`` steps ``x += M^{-1} A^T (beta - A x)`` in place (x
+        ``(B, T, n)``), or of the plain system ``M x = extra`` when ``extra`` is given;
+        the residual is formed from the rows (``refine.residual_kernel``)."""
+        B, T, n = shape_of(x)
+        if not refine.REFINE_STEPS or B * T == 0:
+            return
+        lhs = self._lhs
+        correction = device.scratch((B, T, n), COMPUTE)
+        for _ in range(refine.REFINE_STEPS):
             device.launch(refine.residual_kernel, B * T, lhs.coefficients, lhs.steps,
                           rhs_flat, init_flat, shape, strides["coefficients"],
-                          strides["steps"], strides["rhs"], strides["init"], O, Ti, Oi,
-                          we2, wi2, ws2, central, x, correction)
+                          strides["steps"], strides["rhs"], strides["init"],
+                          *lhs.kernel_scalars(), extra is None, x,
+                          correction if extra is None else extra, correction)
             self._substitute(device, correction, shape, strides["factor"])
             device.launch(refine.add_kernel, B * T * n, arrays.flat(x),
                           arrays.flat(correction))
-        return _to_user(device, x_user, x, lhs.dtype).reshape(u_shape), x
 
     def _substitute(self, device, x, shape, factor_strides):
         """``x[i] <- M_{factor(i)}^{-1} x[i]`` in place for x ``(B, T, n)``."""
@@ -328,10 +339,15 @@ class DeviceSMNNFactorization:
         if B == 0:
             return self._zero_gradients(device, shape_of(rhs), shape_of(init))
         y = arrays.copy_broadcast(device, ubar, u_shape, COMPUTE)[1].reshape((B, T, n))
+        target = arrays.copy_broadcast(device, y, (B, T, n), COMPUTE)[1]  # ubar, kept
         shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
                                     steps=lhs.steps_batch, rhs=shape_of(rhs)[:-2],
-                                    factor=lhs.batch_shape)
+                                    init=(), factor=lhs.batch_shape)
         self._substitute(device, y, shape, strides["factor"])
+        rhs_shape = shape_of(rhs)
+        self._refine(device, y, shape, strides,
+                     rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:]),
+                     device.scratch((1, 1, 1, 1), COMPUTE), target)
         return self._gradients(device, rhs, init, batch, x, y, shape, strides)
 
     def _zero_gradients(self, device, rhs_shape, init_shape):
@@ -450,8 +466,28 @@ def _factor(device, lhs, algorithm):
         device.launch(partitioned.factor_reduced_kernel, n_lhs, lower, schur, chunk_status,
                       n_chunks, chunk, reduced, info)
         partition = (n_chunks, chunk, reduced)
+    if algorithm != "partitioned":
+        _qr_fallback(device, lhs, algorithm, lower, info)
     return DeviceSMNNFactorization(lhs, algorithm, lower_user, lower, status, device,
                                    partition)
+
+
+def _qr_fallback(device, lhs, algorithm, lower, info):
+    """Refactor by the row QR sweep the systems whose Cholesky factor failed or is weak
+    (``refine.fallback``; decided on the device, no synchronisation)."""
+    n_lhs = math.prod(lhs.batch_shape)
+    per_launch, rows, width = refine.qr_scratch_shape(
+        n_lhs, lhs.n_equations, lhs.n_dims, lhs.n_orders, lhs.central)
+    work = device.scratch((per_launch, rows, width), COMPUTE)
+    colsq = device.scratch((per_launch, width), COMPUTE)
+    shape, c_strides, h_strides = lhs.lhs_maps()
+    O, Ti, Oi = lhs.n_orders, lhs.n_init_steps, lhs.n_init_orders
+    we, wi, ws = (float(w) for w in lhs.weights)
+    kernel = refine.thread_fallback_kernel if algorithm == "thread" else refine.block_fallback_kernel
+    for first in range(0, n_lhs, per_launch):
+        device.launch(kernel, min(per_launch, n_lhs - first), lhs.coefficients, lhs.steps,
+                      shape, c_strides, h_strides, O, Ti, Oi, we, wi, ws, lhs.central, first,
+                      lower, work, colsq, info)
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -20,6 +20,10 @@ from .blocks import (
     subtract_matvec_transpose,
 )
 
+# A Cholesky pivot (squared) this small relative to M's diagonal entry: the factor's
+# error eps*cond(M) is no longer small enough for refinement; use the row QR factor.
+CHOLESKY_PIVOT_TOL = 1e-10
+
 
 @jit_helper
 def offdiagonal_block_rows(lower, t, first, stride):
@@ -110,3 +114,24 @@ def backward_substitute(lower, v):
         for j in range(1, min(p, n_steps - 1 - t) + 1):
             subtract_matvec_transpose(v[t], lower[t + j, j], v[t + j])
         solve_lower_transpose(lower[t, 0], v[t])
+
+
+@jit_helper
+def weak_pivot_step(lower, tol):
+    """0, or ``t + 1`` for the first block row of the factor ``L`` in lower
+    ``(T, p+1, n, n)`` with a pivot ``L_kk^2 <= tol * M_kk``; ``M_kk`` is recomputed from
+    ``L`` (``M = L L^T``: the squared norm of row ``k`` of block row ``t``). A pivot that
+    small has lost the digits refinement needs (the host tests the same while factoring,
+    ``bandsolve/cpu/accurate.py``)."""
+    p = lower.shape[1] - 1
+    n = lower.shape[2]
+    for t in range(lower.shape[0]):
+        for k in range(n):
+            total = 0.0
+            for j in range(min(p, t) + 1):
+                for m in range(n):
+                    total += lower[t, j, k, m] * lower[t, j, k, m]
+            pivot = lower[t, 0, k, k]
+            if not (pivot * pivot > tol * total):
+                return t + 1
+    return 0

@@ -76,12 +76,13 @@ def add_residual_product(coefficients, steps, rhs, init, x, n_orders, n_init_ste
 
 @jit_helper
 def residual_step(coefficients, steps, rhs, init, x, t, n_orders, n_init_steps,
-                  n_init_orders, we2, wi2, ws2, central, out, rows, drows):
+                  n_init_orders, we2, wi2, ws2, central, with_beta, out, rows, drows):
     """``out = [A^T (beta - A x)]_t`` ``(n,)``, the rows that touch step ``t`` gathered
     (equations and initial values of ``t``, Taylor pairs ``(t, t+1)`` and ``(t-1, t)``,
     central triples starting at ``t``, ``t-1``, ``t-2``), so that one CUDA thread per
     step can write its own entries. Same result as :func:`add_residual_product` (which
-    scatters each row's terms); arguments as there, ``with_beta`` always on.
+    scatters each row's terms) on a zeroed ``g``; arguments as there (``beta = 0``
+    without ``with_beta``: ``out = -[A^T A x]_t``).
     """
     n_steps, n = x.shape
     n_dims = n // n_orders
@@ -95,14 +96,19 @@ def residual_step(coefficients, steps, rhs, init, x, t, n_orders, n_init_steps,
         res = 0.0
         for a in range(n):
             res += c[e, a] * x[t, a]
-        res = we2 * (res - r[e])
+        if with_beta:
+            res -= r[e]
+        res *= we2
         for a in range(n):
             out[a] -= c[e, a] * res
     if t < n_init_steps:
         for d in range(n_dims):
             for o in range(n_init_orders):
                 k = d * n_orders + o
-                out[k] -= wi2 * (x[t, k] - init[t, d, o])
+                res = x[t, k]
+                if with_beta:
+                    res -= init[t, d, o]
+                out[k] -= wi2 * res
     for half in range(2):  # pair (t, t+1): u[t] is its first half; (t-1, t): its second
         t0 = t - half
         if t0 < 0 or t0 > n_steps - 2:

@@ -28,6 +28,11 @@ from ..formulation import central_weights, n_taylor_orders, taylor_rows
 from .assembly import time_index
 
 
+# |R_kk| this small relative to the norm of its column of A: rank deficient to working
+# precision (a genuine cond(A) up to ~1e11 stays well above it).
+QR_PIVOT_TOL = 1e-13
+
+
 @jit_helper
 def row_qr_work_rows(n_equations, n_dims, n_orders, central):
     """Rows of the work matrix ``W`` (see the module docstring), at least its columns."""
