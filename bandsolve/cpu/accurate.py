@@ -27,7 +27,7 @@ from ..kernels.assembly import assemble_block_row_cached, rhs_step
 from ..kernels.residual import add_residual_product
 from ..kernels.row_qr import QR_PIVOT_TOL, row_qr_factor, row_qr_work_rows
 from ..kernels.banded import (CHOLESKY_PIVOT_TOL, backward_substitute, factor_block_row,
-                              forward_substitute)
+                              forward_substitute, forward_substitute_step)
 
 # Refinement: corrections this small relative to the solution are rounding noise.
 EPS = np.finfo(np.float64).eps
@@ -92,7 +92,7 @@ def _relative_correction(x, g, scale, n_orders):
 
 @jit_routine
 def refine(coefficients, steps, rhs, init, n_orders, n_init_steps, n_init_orders,
-           we2, wi2, ws2, central, with_beta, extra, lower, x, g, rows, drows,
+           we2, wi2, ws2, central, with_beta, extra, lower, x, g, scale, rows, drows,
            max_steps, first_limit):
     """Corrected semi-normal equations: ``x += M^{-1} (extra + A^T (beta - A x))``.
 
@@ -100,11 +100,10 @@ def refine(coefficients, steps, rhs, init, n_orders, n_init_steps, n_init_orders
     ``M x = extra`` (the VJP's second solve). Stops when the predicted next correction is
     below rounding, or when corrections below ``ACCEPT_CORRECTION`` stagnate (the
     rounding floor); NOT_CONVERGED if after ``max_steps`` the last correction is still
-    above it, or when the first one is above ``first_limit``.
+    above it, or when the first one is above ``first_limit``. scale ``(T, n)``:
+    ``sqrt(M_kk)`` (:func:`_column_norms`, or kept by the factor sweep).
     """
     previous = math.inf
-    scale = np.empty_like(x)
-    _column_norms(lower, scale)
     for step in range(max_steps):
         for t in range(g.shape[0]):
             for k in range(g.shape[1]):
@@ -134,10 +133,15 @@ def refine(coefficients, steps, rhs, init, n_orders, n_init_steps, n_init_orders
 
 
 @jit_routine
-def cholesky_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders, we2, wi2,
-                    ws2, central, lower, rows, drows):
+def cholesky_factor(coefficients, steps, rhs, init, n_orders, n_init_steps, n_init_orders,
+                    we2, wi2, ws2, central, lower, x, scale, rows, drows):
     """Assemble and factor one system; returns 0, or ``t + 1`` for the first block row
-    whose pivot is not above ``CHOLESKY_PIVOT_TOL`` times its diagonal entry of ``M``."""
+    whose pivot is not above ``CHOLESKY_PIVOT_TOL`` times its diagonal entry of ``M``.
+
+    If x ``(T, n)`` is non-empty, also assembles ``b`` from rhs ``(Tr, E)`` and init
+    ``(Ti, D, Oi)`` and forward-substitutes it in the same sweep (``x = L^{-1} b``), so the
+    factor is read once less (the long sequences are memory bound). scale ``(T, n)`` (or
+    empty) receives ``sqrt(M_kk)`` for :func:`refine`, saving it another pass."""
     n_steps = lower.shape[0]
     n = lower.shape[2]
     diagonal = np.empty(n)
@@ -149,12 +153,18 @@ def cholesky_factor(coefficients, steps, n_orders, n_init_steps, n_init_orders, 
                                   gram_steps, rows, drows)
         for k in range(n):
             diagonal[k] = lower[t, 0, k, k]
+            if scale.shape[0] > 0:
+                scale[t, k] = math.sqrt(diagonal[k]) if diagonal[k] > 0.0 else 0.0
         if factor_block_row(lower, t) != 0:
             return t + 1
         for k in range(n):
             pivot = lower[t, 0, k, k]
             if not (pivot * pivot > CHOLESKY_PIVOT_TOL * diagonal[k]):
                 return t + 1
+        if x.shape[0] > 0:
+            rhs_step(coefficients, rhs, init, t, n_orders, init.shape[0], init.shape[2],
+                     we2, wi2, x[t])
+            forward_substitute_step(lower, x, t)
     return 0
 
 
@@ -209,22 +219,24 @@ def accurate_factor_solve_kernel(coefficients, steps, rhs, rhs_index, init, init
         rows = np.empty((2 * n_k, 2 * n_orders))
         drows = np.empty_like(rows)
         g = np.empty((n_steps, n))
+        scale = np.empty((n_steps, n))
         c, h = coefficients[b], steps[b]
         r, gi = rhs[rhs_index[b]], init[init_index[b]]
-        status = cholesky_factor(c, h, n_orders, n_init_steps, n_init_orders, we2, wi2,
-                                 ws2, central, lower[b], rows, drows)
+        status = cholesky_factor(c, h, r, gi, n_orders, n_init_steps, n_init_orders, we2,
+                                 wi2, ws2, central, lower[b], x[b], scale, rows, drows)
         if status == 0:
-            solve_with_factor(c, r, gi, n_orders, we2, wi2, lower[b], x[b])
+            backward_substitute(lower[b], x[b])  # forward substitution was in the sweep
             status = refine(c, h, r, gi, n_orders, n_init_steps, n_init_orders, we2, wi2,
-                            ws2, central, True, g, lower[b], x[b], g, rows, drows,
+                            ws2, central, True, g, lower[b], x[b], g, scale, rows, drows,
                             CHOLESKY_MAX_STEPS, CHOLESKY_FIRST_CORRECTION)
         if status != 0:
             status = qr_factor(c, h, n_orders, n_init_steps, n_init_orders, we2, wi2, ws2,
                                central, lower[b], rows, drows)
             if status == 0:
                 solve_with_factor(c, r, gi, n_orders, we2, wi2, lower[b], x[b])
+                _column_norms(lower[b], scale)
                 if refine(c, h, r, gi, n_orders, n_init_steps, n_init_orders, we2, wi2,
-                          ws2, central, True, g, lower[b], x[b], g, rows, drows,
+                          ws2, central, True, g, lower[b], x[b], g, scale, rows, drows,
                           QR_MAX_STEPS, math.inf) != CONVERGED:
                     status = -1
         info[b] = status
@@ -238,12 +250,14 @@ def accurate_factor_kernel(coefficients, steps, n_orders, n_init_steps, n_init_o
     """Factor every left-hand side: Cholesky with the relative pivot test, row QR where
     it fails. info ``(Bl,)``: 0 or ``t + 1`` (rank deficient at step t)."""
     n_k = n_taylor_orders(n_orders, central)
+    no_rhs = np.empty((0, 0))
+    no_init = np.empty((0, 0, 0))
     for b in numba.prange(lower.shape[0]):
         rows = np.empty((2 * n_k, 2 * n_orders))
         drows = np.empty_like(rows)
-        status = cholesky_factor(coefficients[b], steps[b], n_orders, n_init_steps,
-                                 n_init_orders, we2, wi2, ws2, central, lower[b], rows,
-                                 drows)
+        status = cholesky_factor(coefficients[b], steps[b], no_rhs, no_init, n_orders,
+                                 n_init_steps, n_init_orders, we2, wi2, ws2, central,
+                                 lower[b], no_rhs, no_rhs, rows, drows)
         if status != 0:
             status = qr_factor(coefficients[b], steps[b], n_orders, n_init_steps,
                                n_init_orders, we2, wi2, ws2, central, lower[b], rows, drows)
@@ -296,8 +310,10 @@ def refined_solve_kernel(coefficients, steps, lhs_index, rhs, rhs_index, init, i
                     x[i, t, k] = target[t, k]
             forward_substitute(lower[lb], x[i])
             backward_substitute(lower[lb], x[i])
+        scale = np.empty((n_steps, n))
+        _column_norms(lower[lb], scale)
         status = refine(c, h, r, gi, n_orders, n_init_steps, n_init_orders, we2, wi2, ws2,
-                        central, with_beta, target, lower[lb], x[i], g, rows, drows,
+                        central, with_beta, target, lower[lb], x[i], g, scale, rows, drows,
                         QR_MAX_STEPS, math.inf)
         info[i] = 0 if status == CONVERGED else -1
         if info[i] != 0:
