@@ -26,8 +26,8 @@ from ..formulation import n_taylor_orders
 from ..kernels.assembly import assemble_block_row_cached, rhs_step
 from ..kernels.residual import add_residual_product
 from ..kernels.row_qr import QR_PIVOT_TOL, row_qr_factor, row_qr_work_rows
-from ..kernels.banded import (CHOLESKY_PIVOT_TOL, backward_substitute, factor_block_row,
-                              forward_substitute, forward_substitute_step)
+from ..kernels.banded import (CHOLESKY_PIVOT_TOL, backward_substitute, diagonal_of_product,
+                              factor_block_row, forward_substitute, forward_substitute_step)
 
 # Refinement: corrections this small relative to the solution are rounding noise.
 EPS = np.finfo(np.float64).eps
@@ -53,15 +53,9 @@ INVISIBLE_ORDER = 1e-10
 def _column_norms(lower, scale):
     """``scale[t, k] = sqrt(M_kk)``, the norm of unknown k's column of the rows, from the
     factor (``M = L L^T``): lower ``(T, p+1, n, n)``, scale ``(T, n)``."""
-    p = lower.shape[1] - 1
-    n = lower.shape[2]
     for t in range(lower.shape[0]):
-        for k in range(n):
-            total = 0.0
-            for j in range(min(p, t) + 1):
-                for m in range(n):
-                    total += lower[t, j, k, m] * lower[t, j, k, m]
-            scale[t, k] = math.sqrt(total)
+        for k in range(lower.shape[2]):
+            scale[t, k] = math.sqrt(diagonal_of_product(lower, t, k))
 
 
 @jit_helper

@@ -123,15 +123,20 @@ def weak_pivot_step(lower, tol):
     ``L`` (``M = L L^T``: the squared norm of row ``k`` of block row ``t``). A pivot that
     small has lost the digits refinement needs (the host tests the same while factoring,
     ``bandsolve/cpu/accurate.py``)."""
-    p = lower.shape[1] - 1
-    n = lower.shape[2]
     for t in range(lower.shape[0]):
-        for k in range(n):
-            total = 0.0
-            for j in range(min(p, t) + 1):
-                for m in range(n):
-                    total += lower[t, j, k, m] * lower[t, j, k, m]
+        for k in range(lower.shape[2]):
             pivot = lower[t, 0, k, k]
-            if not (pivot * pivot > tol * total):
+            if not (pivot * pivot > tol * diagonal_of_product(lower, t, k)):
                 return t + 1
     return 0
+
+
+@jit_helper
+def diagonal_of_product(lower, t, k):
+    """``M_kk`` of block row ``t`` from the factor: ``(L L^T)_kk``, the squared norm of
+    row ``k`` of block row ``t`` of lower ``(T, p+1, n, n)``."""
+    total = 0.0
+    for j in range(min(lower.shape[1] - 1, t) + 1):
+        for m in range(lower.shape[2]):
+            total += lower[t, j, k, m] * lower[t, j, k, m]
+    return total

@@ -14,6 +14,33 @@ from ..formulation import central_weights, n_taylor_orders, taylor_rows
 from .assembly import central_entry, central_order, central_row_dot, taylor_row_dot, time_index
 
 
+@jit_helper
+def _subtract_step_rows(coefficients, rhs, init, x, t, n_orders, n_init_steps,
+                        n_init_orders, we2, wi2, with_beta, out):
+    """``out += [A^T (beta - A x)]_t`` ``(n,)`` over the rows that touch step ``t`` only:
+    its equations and its initial values."""
+    n = x.shape[1]
+    c = coefficients[time_index(t, coefficients.shape[0])]
+    r = rhs[time_index(t, rhs.shape[0])]
+    for e in range(c.shape[0]):
+        res = 0.0
+        for a in range(n):
+            res += c[e, a] * x[t, a]
+        if with_beta:
+            res -= r[e]
+        res *= we2
+        for a in range(n):
+            out[a] -= c[e, a] * res
+    if t < n_init_steps:
+        for d in range(n // n_orders):
+            for o in range(n_init_orders):
+                k = d * n_orders + o
+                res = x[t, k]
+                if with_beta:
+                    res -= init[t, d, o]
+                out[k] -= wi2 * res
+
+
 @jit_routine
 def add_residual_product(coefficients, steps, rhs, init, x, n_orders, n_init_steps,
                          n_init_orders, we2, wi2, ws2, central, with_beta, g, rows, drows):
@@ -30,25 +57,8 @@ def add_residual_product(coefficients, steps, rhs, init, x, n_orders, n_init_ste
     n_h = steps.shape[0]
     last_h = -1.0
     for t in range(n_steps):
-        c = coefficients[time_index(t, coefficients.shape[0])]
-        r = rhs[time_index(t, rhs.shape[0])]
-        for e in range(c.shape[0]):
-            res = 0.0
-            for a in range(n):
-                res += c[e, a] * x[t, a]
-            if with_beta:
-                res -= r[e]
-            res *= we2
-            for a in range(n):
-                g[t, a] -= c[e, a] * res
-        if t < n_init_steps:
-            for d in range(n_dims):
-                for o in range(n_init_orders):
-                    k = d * n_orders + o
-                    res = x[t, k]
-                    if with_beta:
-                        res -= init[t, d, o]
-                    g[t, k] -= wi2 * res
+        _subtract_step_rows(coefficients, rhs, init, x, t, n_orders, n_init_steps,
+                            n_init_orders, we2, wi2, with_beta, g[t])
         if t < n_steps - 1:
             h = steps[time_index(t, n_h)]
             if h != last_h:
@@ -88,27 +98,10 @@ def residual_step(coefficients, steps, rhs, init, x, t, n_orders, n_init_steps,
     n_dims = n // n_orders
     n_k = n_taylor_orders(n_orders, central)
     n_h = steps.shape[0]
-    c = coefficients[time_index(t, coefficients.shape[0])]
-    r = rhs[time_index(t, rhs.shape[0])]
     for a in range(n):
         out[a] = 0.0
-    for e in range(c.shape[0]):
-        res = 0.0
-        for a in range(n):
-            res += c[e, a] * x[t, a]
-        if with_beta:
-            res -= r[e]
-        res *= we2
-        for a in range(n):
-            out[a] -= c[e, a] * res
-    if t < n_init_steps:
-        for d in range(n_dims):
-            for o in range(n_init_orders):
-                k = d * n_orders + o
-                res = x[t, k]
-                if with_beta:
-                    res -= init[t, d, o]
-                out[k] -= wi2 * res
+    _subtract_step_rows(coefficients, rhs, init, x, t, n_orders, n_init_steps, n_init_orders,
+                        we2, wi2, with_beta, out)
     for half in range(2):  # pair (t, t+1): u[t] is its first half; (t-1, t): its second
         t0 = t - half
         if t0 < 0 or t0 > n_steps - 2:
