@@ -261,3 +261,32 @@ def check_values(**arrays):
         v.check_finite(name, array)
     if "steps" in arrays:
         v.check_positive("steps", arrays["steps"])
+
+
+class FactorizationInfo:
+    """What a factorisation knows without touching its arrays, the same on both backends
+    (mixed into ``SMNNFactorization`` and ``DeviceSMNNFactorization``, which keep their
+    left-hand side's :class:`Problem` as ``self._lhs.problem``)."""
+
+    @property
+    def batch_shape(self):
+        """The left-hand-side batch ``...`` (of ``coefficients`` and ``steps`` broadcast)."""
+        return self._lhs.problem.lhs_batch
+
+    @property
+    def n_steps(self):
+        """The sequence length ``T``."""
+        return self._lhs.problem.n_steps
+
+    @property
+    def dtype(self):
+        """float32 or float64 (of the inputs and results; the factor itself is float64);
+        ``rhs`` and ``init`` must have this dtype."""
+        return self._lhs.problem.dtype
+
+    def _repr_fields(self):
+        problem = self._lhs.problem
+        return (f"batch_shape={problem.lhs_batch}, T={problem.n_steps}, "
+                f"E={problem.n_equations}, D={problem.n_dims}, O={problem.n_orders}, "
+                f"init_shape={problem.init_shape}, central_smoothness={problem.central}, "
+                f"dtype={problem.dtype}")

@@ -202,7 +202,7 @@ def _rhs_scale(lhs, rhs_flat, init_flat):
 
 
 
-class SMNNFactorization:
+class SMNNFactorization(_problem.FactorizationInfo):
     """The factored left-hand side of an S-MNN problem, reusable for many right-hand sides.
 
     Obtain it from :func:`smnn_factor`. Holds a float64 triangular factor ``L`` of the
@@ -300,28 +300,8 @@ central_smoothness=False, dtype=float64)
         factorization._owns_lower = not np.shares_memory(factorization.cholesky._lower, lower)
         return factorization
 
-    @property
-    def batch_shape(self):
-        """The left-hand-side batch ``...`` (of ``coefficients`` and ``steps`` broadcast)."""
-        return self._lhs.batch_shape
-
-    @property
-    def n_steps(self):
-        """The sequence length ``T``."""
-        return self._lhs.n_steps
-
-    @property
-    def dtype(self):
-        """float32 or float64 (of the inputs and results; the factor itself is float64);
-        ``rhs`` and ``init`` must have this dtype."""
-        return self._lhs.dtype
-
     def __repr__(self):
-        lhs = self._lhs
-        return (f"SMNNFactorization(batch_shape={lhs.batch_shape}, T={lhs.n_steps}, "
-                f"E={lhs.n_equations}, D={lhs.n_dims}, O={lhs.n_orders}, "
-                f"init_shape={(lhs.n_init_steps, lhs.n_init_orders)}, "
-                f"central_smoothness={lhs.central}, dtype={lhs.dtype})")
+        return f"SMNNFactorization({self._repr_fields()})"
 
     def _check(self, rhs, init):
         _require_host(rhs=rhs, init=init)

@@ -140,7 +140,7 @@ def _resolve_algorithm(algorithm, lhs, n_systems):
 
 # ----------------------------------------------------------------------------- factorisation
 
-class DeviceSMNNFactorization:
+class DeviceSMNNFactorization(_problem.FactorizationInfo):
     """The factored S-MNN left-hand side on the device; the device counterpart of
     :class:`bandsolve.SMNNFactorization` (same methods, device arrays in and out).
 
@@ -159,26 +159,8 @@ class DeviceSMNNFactorization:
         self._device = device
         self._partition = partition  # (n_chunks, chunk, reduced) for "partitioned"
 
-    # -- properties (host metadata only)
-    @property
-    def batch_shape(self):
-        return self._lhs.batch_shape
-
-    @property
-    def n_steps(self):
-        return self._lhs.n_steps
-
-    @property
-    def dtype(self):
-        return self._lhs.dtype
-
     def __repr__(self):
-        lhs = self._lhs
-        return (f"DeviceSMNNFactorization(batch_shape={lhs.batch_shape}, T={lhs.n_steps}, "
-                f"E={lhs.n_equations}, D={lhs.n_dims}, O={lhs.n_orders}, "
-                f"init_shape={(lhs.n_init_steps, lhs.n_init_orders)}, "
-                f"central_smoothness={lhs.central}, dtype={lhs.dtype}, "
-                f"algorithm={self.algorithm!r})")
+        return f"DeviceSMNNFactorization({self._repr_fields()}, algorithm={self.algorithm!r})"
 
     def check(self):
         """Raise ``FactorizationError`` if any system failed (synchronises)."""
