@@ -368,3 +368,38 @@ def test_device_branch_plumbing_with_a_stand_in_cupy(monkeypatch):
         types.SimpleNamespace(stream=1234), (out,), *map(DeviceBuffer, problem))
     assert entered == [1234, "exit"]
     np.testing.assert_array_equal(out.array, bandsolve.smnn_solve(*problem))
+
+
+def test_x64_off_gradients_carry_the_factor_to_float64_digits(monkeypatch):
+    """Without x64 the factor residual is float32 (hi, lo) pairs: the backward pass
+    rebuilds the float64 factor to ~48 bits, so its refinement converges at once and never
+    needs the QR factor. At h = 0.001 (the README oscillator, cond(M) ~ 1e12) a factor
+    rounded to float32 would not do. Reference: the core's float64 VJP on the same
+    float32-valued inputs (the backward pass solves for the float64 solution again rather
+    than use the float32 u, whose rounding the gradient amplifies)."""
+    T = 200
+    c = np.zeros((T, 1, 1, 3), np.float32)
+    c[...] = [4.0, 0.3, 1.0]
+    r, g = np.zeros((T, 1), np.float32), np.array([[[1.0, 0.0]]], np.float32)
+    h = np.full(T - 1, 0.001, np.float32)
+    ubar = np.random.default_rng(2).standard_normal((T, 1, 3)).astype(np.float32)
+    _, vjp = bandsolve.smnn_solve_vjp(c.astype(np.float64), r.astype(np.float64),
+                                      g.astype(np.float64), h.astype(np.float64))
+    expected = vjp(ubar.astype(np.float64))
+    calls = []
+    original = bandsolve.cpu.driver.qr_factor_kernel
+    monkeypatch.setattr(bandsolve.cpu.driver, "qr_factor_kernel",
+                        type("Counting", (), {"for_batch": lambda self, *a: (
+                            calls.append(a), original.for_batch(*a))[1]})())
+    with jax.enable_x64(False):
+        def loss(c, r, g, h):
+            return jnp.sum(bandsolve_jax.smnn_solve(c, r, g, h) * ubar)
+
+        grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*_jax((c, r, g, h)))
+    assert calls == []
+    for got, want in zip(grads, expected):
+        assert got.dtype == jnp.float32
+        # float32 results of float64 gradients: a few float32 roundings
+        err = np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want)
+        assert err <= 1e-6, err  # ~10 float32 roundings (measured 2-5e-8; 1e-5 if the
+        # factor were carried as plain float32)

@@ -74,20 +74,51 @@ def _run_solve(static, coefficients, rhs, init, steps):
     return (bandsolve.smnn_solve(coefficients, rhs, init, steps, **static.keywords),)
 
 
+def _pack_lower(lower, dtype):
+    """The float64 factor as the residual XLA keeps: itself for float64 inputs; for
+    float32 (JAX without x64 cannot hold float64) its leading and trailing float32 parts
+    ``hi = f32(L)``, ``lo = f32(L - hi)`` stacked along the band axis, which keep 48 of
+    its 53 bits (a factor rounded to float32 would make the backward pass's refinement
+    stall and fall back to the slow QR factor)."""
+    if dtype == np.float64:
+        return lower
+    hi = lower.astype(np.float32)
+    lo = (lower - hi).astype(np.float32)
+    return _array_module(lower).concatenate([hi, lo], axis=-3)
+
+
+def _unpack_lower(lower):
+    """The float64 factor from :func:`_pack_lower`'s residual."""
+    if lower.dtype == np.float64:
+        return lower
+    bands = lower.shape[-3] // 2
+    return lower[..., :bands, :, :].astype(np.float64) + lower[..., bands:, :, :]
+
+
+def _array_module(array):
+    if isinstance(array, np.ndarray):
+        return np
+    import cupy  # device buffers are CuPy arrays here (see _on_device)
+
+    return cupy
+
+
 def _run_forward(static, coefficients, rhs, init, steps):
     u, factor = bandsolve.smnn_factor_solve(coefficients, rhs, init, steps, **static.keywords)
-    return u, factor.lower
+    return u, _pack_lower(factor.lower, coefficients.dtype)
 
 
 def _run_tangent(static, coefficients, rhs, init, steps, u, lower, *tangents):
     factor = _adapters.from_lower(
-        lower, coefficients, steps, init_shape=static.init_shape, **static.keywords)
+        _unpack_lower(lower), coefficients, steps, init_shape=static.init_shape,
+        **static.keywords)
     return (smnn_jvp(factor, coefficients, rhs, init, steps, u, tangents),)
 
 
 def _run_backward(static, coefficients, rhs, init, steps, u, lower, ubar):
     factor = _adapters.from_lower(
-        lower, coefficients, steps, init_shape=static.init_shape, **static.keywords)
+        _unpack_lower(lower), coefficients, steps, init_shape=static.init_shape,
+        **static.keywords)
     return factor.backward(rhs, init, u, ubar)
 
 
@@ -162,10 +193,13 @@ def _u_result(static, coefficients, rhs, init, steps):
 
 
 def _lower_result(static, coefficients, steps):
-    """The factor's shape ``(lhs batch..., T, p+1, n, n)`` (``SMNNFactorization.lower``)."""
+    """The factor residual ``(lhs batch..., T, p+1, n, n)`` (``SMNNFactorization.lower``)
+    for float64, ``2(p+1)`` bands of float32 for float32 (:func:`_pack_lower`)."""
     batch = np.broadcast_shapes(coefficients.shape[:-4], steps.shape[:-1])
     n = coefficients.shape[-2] * coefficients.shape[-1]
     bands = 3 if static.central_smoothness else 2
+    if coefficients.dtype != np.float64:
+        bands *= 2
     return _result(batch + (static.n_steps, bands, n, n), coefficients.dtype)
 
 

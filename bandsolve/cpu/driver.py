@@ -411,7 +411,11 @@ central_smoothness=False, dtype=float64)
 
         Returns ``(coefficients_bar, rhs_bar, init_bar, steps_bar)`` of ``sum(ubar * u)``,
         each the shape of its input. No refactorisation: two substitutions and an
-        O(T n^2) gradient sweep.
+        O(T n^2) gradient sweep. A float32 ``u`` is not used as the solution: the
+        gradient multiplies it into the equations' residual ``c.u - r``, which cancels,
+        so float32 rounding of ``u`` would show in the gradient amplified by up to
+        ``cond(M)``; the float64 solution is solved again from ``rhs`` and ``init``
+        instead (``u`` is still checked).
         """
         rhs, init, batch = self._check(rhs, init)
         lhs = self._lhs
@@ -420,7 +424,10 @@ central_smoothness=False, dtype=float64)
         u = _host_values("u", u)
         if u.shape != u_shape:
             raise ValueError(f"u must have shape {u_shape}; got {u.shape}")
-        x = _kernel_array(u, dtype=COMPUTE_DTYPE).reshape(-1, lhs.n_steps, lhs.block_size)
+        if u.dtype == COMPUTE_DTYPE:
+            x = _kernel_array(u).reshape(-1, lhs.n_steps, lhs.block_size)
+        else:
+            x, _ = self._solve(rhs, init, batch, False)  # failed systems: NaN, as u
         return self._backward(rhs, init, batch, x, ubar)
 
     def _backward(self, rhs, init, batch, x, ubar):

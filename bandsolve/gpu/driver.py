@@ -222,8 +222,10 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         v.check_dtype("u", u.dtype)
         if shape_of(u) != u_shape:
             raise ValueError(f"u must have shape {u_shape}; got {shape_of(u)}")
-        x = arrays.as_dtype(device, u, COMPUTE).reshape(
-            (math.prod(batch), lhs.n_steps, lhs.block_size))
+        if u.dtype == COMPUTE:
+            x = u.reshape((math.prod(batch), lhs.n_steps, lhs.block_size))
+        else:  # as on the host: float32 rounding of u would be amplified in the gradient
+            x = self._solve(device, rhs, init, batch)[1]
         return self._backward(device, rhs, init, batch, x, ubar)
 
     def _solve_vjp(self, device, rhs, init, batch):
