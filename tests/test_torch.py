@@ -479,3 +479,27 @@ def test_training_learns_step_size():
                       lambda: ((layer(coefficients, rhs, init)[:, 0] - target) ** 2).mean())
     assert last < 1e-10 * first
     assert abs(layer.steps.item() - 0.1) < 1e-5
+
+
+def test_float32_gradients_match_the_float64_vjp():
+    """float32 inputs at the README oscillator's step (cond(M) ~ 1e8): the gradients must
+    be the float64 VJP's, rounded to float32. The backward pass solves for the float64
+    solution rather than use the float32 u it saved: the gradient multiplies u into the
+    equations' residual c.u - r, which cancels, and that amplified u's rounding to a 37%
+    error here. Reference: the core's float64 VJP on the same float32-valued inputs."""
+    T = 200
+    c = np.zeros((T, 1, 1, 3), np.float32)
+    c[...] = [4.0, 0.3, 1.0]
+    r, g = np.zeros((T, 1), np.float32), np.array([[[1.0, 0.0]]], np.float32)
+    h = np.full(T - 1, 0.01, np.float32)
+    ubar = np.random.default_rng(2).standard_normal((T, 1, 3))
+    _, vjp = bandsolve.smnn_solve_vjp(*(a.astype(np.float64) for a in (c, r, g, h)))
+    expected = vjp(ubar)
+    inputs = [torch.tensor(a, requires_grad=True) for a in (c, r, g, h)]
+    u = smnn_solve(*inputs)
+    (u * torch.tensor(ubar, dtype=torch.float32)).sum().backward()
+    for tensor, want in zip(inputs, expected):
+        got = tensor.grad.numpy()
+        assert got.dtype == np.float32
+        err = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert err <= 1e-6, err  # ~10 float32 roundings
