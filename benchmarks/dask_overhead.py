@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import time
 
 import dask
 import dask.array as da
@@ -41,6 +40,7 @@ from distributed import Client, LocalCluster, wait
 import bandsolve
 import bandsolve.dask as bdask
 from bandsolve.problems import coupled_oscillators
+from bandsolve.apps.timing import seconds
 
 
 def chunk_problem(size, T, D, O, E, seed):
@@ -78,12 +78,6 @@ def upstream(shape, i):
     return np.random.default_rng(100 + i).standard_normal(shape)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8192)
@@ -110,7 +104,7 @@ def main():
         whole = [np.concatenate([c[k] for c in chunks]) for k in range(4)]
         bandsolve.smnn_solve(*[a[:64] for a in whole])
         for _ in range(args.rounds):
-            record("in-process, whole batch", timed(lambda: bandsolve.smnn_solve(*whole)))
+            record("in-process, whole batch", seconds(lambda: bandsolve.smnn_solve(*whole)))
             gc.collect()
         del whole
         gc.collect()
@@ -155,10 +149,10 @@ def main():
             del grads
 
         for _ in range(args.rounds):
-            record("in-process, chunk loop", timed(loop_forward))
-            record("cluster forward (2 workers)", timed(cluster_forward))
-            record("in-process VJP, chunk loop (factor reused)", timed(loop_vjp))
-            record("cluster backward (refactors)", timed(cluster_backward))
+            record("in-process, chunk loop", seconds(loop_forward))
+            record("cluster forward (2 workers)", seconds(cluster_forward))
+            record("in-process VJP, chunk loop (factor reused)", seconds(loop_vjp))
+            record("cluster backward (refactors)", seconds(cluster_backward))
 
         # check the cluster's answer on one chunk
         u = bdask.smnn_solve(*inputs)[: chunks[0][0].shape[0]].compute()

@@ -11,8 +11,6 @@ the same way (``jit(smnn_solve)`` against ``smnn_solve``).
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 
@@ -23,6 +21,7 @@ import numpy as np  # noqa: E402
 
 import bandsolve  # noqa: E402
 import bandsolve_jax  # noqa: E402
+from bandsolve.apps.timing import interleaved  # noqa: E402
 
 
 def make_problem(seed, B, T, E, D, O, Ti, Oi):
@@ -30,17 +29,6 @@ def make_problem(seed, B, T, E, D, O, Ti, Oi):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((B, T, E, D, O)), rng.standard_normal((B, T, E)),
             rng.standard_normal((B, Ti, D, Oi)), rng.uniform(0.05, 0.1, size=(B, T - 1)))
-
-
-def interleaved(runs, repeats):
-    """Median seconds of each callable, timing them in turn ``repeats`` times."""
-    samples = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def main():

@@ -28,11 +28,11 @@ solutions, so that a speed number never hides a wrong answer.
 import argparse
 import importlib.util
 import statistics
-import time
 
 import torch
 
 import bandsolve_torch
+from bandsolve.apps.timing import seconds
 
 F64 = torch.float64
 
@@ -100,12 +100,6 @@ def run(ode_forward, args, kw, leaves):
         weights = torch.ones_like(u)
         torch.autograd.grad((u * weights).sum(), leaves)
     return u.detach()
-
-
-def seconds(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main():

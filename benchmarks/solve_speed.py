@@ -1,8 +1,9 @@
 """Forward and forward+backward times of the tree on ``sys.path`` at the shapes of the
 accuracy budget (B=64, T=1000 and B=1, T=1e5; D=O=E=3; float64 and float32).
 
-Prints one JSON line ``{"B=.. T=.. dtype": [forward_s, forward_backward_s], ...}`` (best
-of ``repeat`` after one warm-up call). To compare two versions, run it alternately in
+Prints one JSON line ``{"B=.. T=.. dtype": [forward_s, forward_backward_s], ...}``
+(best of at least ``repeat`` after a warm-up call: ``bandsolve.apps.timing.best_time``).
+To compare two versions, run it alternately in
 each tree, e.g. ``git worktree add ../before <commit>`` and::
 
     for i in 1 2 3; do for tree in ../before .; do
@@ -10,22 +11,12 @@ each tree, e.g. ``git worktree add ../before <commit>`` and::
 """
 
 import json
-import time
 
 import numpy as np
 
 import bandsolve
+from bandsolve.apps.timing import best_time
 from bandsolve.problems import coupled_oscillators
-
-
-def best(function, repeat):
-    function()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main():
@@ -43,7 +34,7 @@ def main():
                 vjp(np.ones_like(u))
 
             out[f"B={batch} T={n_steps} {np.dtype(dtype).name}"] = (
-                best(forward, repeat), best(forward_backward, repeat))
+                best_time(forward, repeat=repeat), best_time(forward_backward, repeat=repeat))
     print(json.dumps(out))
 
 

@@ -18,14 +18,13 @@ rounds and the ratio to its baseline.
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 
 import bandsolve
 import bandsolve_torch
+from bandsolve.apps.timing import interleaved
 
 
 def problem(batch, T, D, O, E, seed=0):
@@ -86,14 +85,7 @@ def main():
                 "adapter_frozen": adapter_frozen}
     for fn in variants.values():  # warm up: JIT compilation and first-touch allocation
         fn()
-        fn()
-    times = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    median = interleaved(variants, args.rounds)
 
     print(f"problem: B={args.batch}, T={args.steps}, D={args.dims}, O={args.orders}, "
           f"E={args.equations}, float64, Ti=1, Oi={args.orders - 1}; "

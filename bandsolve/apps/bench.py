@@ -47,7 +47,6 @@ import dataclasses
 import gc
 import importlib.util
 import json
-import math
 import os
 import platform
 import subprocess
@@ -61,6 +60,7 @@ import scipy.linalg
 import bandsolve
 
 from ..problems import coupled_oscillators
+from .timing import best_time, best_times
 
 N_DIMS, N_ORDERS, N_EQUATIONS = 3, 3, 3
 BLOCK_SIZE = N_DIMS * N_ORDERS
@@ -148,46 +148,6 @@ def dense_solve(dense, b):
 
 
 # ----------------------------------------------------------------------------- measuring
-
-def best_times(calls, repeat=5, min_seconds=0.2, max_seconds=5.0):
-    """Best (minimum) wall time of each call in ``calls``, measured interleaved.
-
-    ``calls`` is a list of ``(fn, prepare)``; each run times ``fn(*prepare())``, where
-    ``prepare`` (untimed, may be None) makes fresh arguments for functions that consume
-    their inputs. The calls take turns (A, B, A, B, ...), so that the two sides of a ratio
-    see the same disturbances of a shared machine. One untimed round comes first: the
-    kernels may pick different compiled paths by size, so only a call of the same size
-    is a sure warm-up. Then at least ``repeat`` rounds, and more (up to ``20 repeat``)
-    while the rounds so far took under ``min_seconds``; after two rounds, stops once
-    ``max_seconds`` are spent.
-    """
-    def once(fn, prepare):
-        args = prepare() if prepare is not None else ()
-        start = time.perf_counter()
-        fn(*args)
-        return time.perf_counter() - start
-
-    for fn, prepare in calls:
-        once(fn, prepare)
-    best = [math.inf] * len(calls)
-    spent, rounds = 0.0, 0
-    while True:
-        for i, (fn, prepare) in enumerate(calls):
-            elapsed = once(fn, prepare)
-            best[i] = min(best[i], elapsed)
-            spent += elapsed
-        rounds += 1
-        if rounds >= 2 and spent > max_seconds:
-            break
-        if rounds >= repeat and (spent >= min_seconds or rounds >= 20 * repeat):
-            break
-    return best
-
-
-def best_time(fn, prepare=None, repeat=5, min_seconds=0.2, max_seconds=5.0):
-    """:func:`best_times` of one call."""
-    return best_times([(fn, prepare)], repeat, min_seconds, max_seconds)[0]
-
 
 def traced_peak(fn, prepare=None):
     """Peak bytes allocated through Python/NumPy during ``fn(*prepare())`` (tracemalloc).

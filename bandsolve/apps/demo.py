@@ -41,7 +41,8 @@ from scipy.integrate import solve_ivp
 from ..banded import block_cholesky
 from ..baselines import mnn_dense_solve
 from ..smnn import smnn_normal_equations, smnn_solve
-from .bench import best_times, lapack_band
+from .bench import lapack_band
+from .timing import best_times
 
 # --------------------------------------------------------------------------- the systems
 

@@ -4,7 +4,7 @@ Each value is a ratio measured in one process against a baseline measured in the
 process (``bandsolve.apps.bench.Measurements``, the code behind ``bandsolve bench``), so
 ``asv compare`` shows how each ratio moves between commits. Limits: see
 ``bandsolve.apps.bench.TARGETS``. Every timing starts with an untimed call of its own size
-(``bandsolve.apps.bench.best_time``), so compilation stays out of the ratios.
+(``bandsolve.apps.timing.best_time``), so compilation stays out of the ratios.
 """
 
 from bandsolve.apps import bench
