@@ -279,6 +279,7 @@ def generated_problem(n_chunks, chunk, T):
     return dask_arrays, local
 
 
+@pytest.mark.slow  # about 12 s even with the kernels cached: 40 chunks of T = 1500 on two workers
 def test_worker_killed_mid_solve(client):
     """SIGKILL one worker process while the solve runs: the scheduler recomputes its tasks
     on the remaining worker (and the nanny's replacement) and the result is unchanged."""
