@@ -2,7 +2,7 @@
 
 Per batch element the unknowns are ``u[t, d, o]`` (``t < T``, ``d < D``, ``o < O``) and
 ``x_t = vec(u[t])`` with index ``d*O + o`` (block size ``n = D*O``). The rows are those of
-``docs/design.md``, section 1:
+``docs/math.md``:
 
 =================  ===========================================================================
 equation t, e      ``we * (sum_{d,o} c[t,e,d,o] u[t,d,o] - r[t,e])``

@@ -1,6 +1,6 @@
 """The public S-MNN functions: each checks which backend its inputs live on once and hands
 the call to that backend's driver (:mod:`bandsolve.cpu.driver` for NumPy inputs,
-:mod:`bandsolve.gpu.driver` for device arrays). The mathematics is in ``docs/design.md``.
+:mod:`bandsolve.gpu.driver` for device arrays). The mathematics is in ``docs/math.md``.
 
 The left-hand side depends only on ``coefficients``, ``steps``, the weights and which
 entries carry initial values, so it is factored once per distinct left-hand side and
@@ -116,7 +116,7 @@ def smnn_solve(coefficients: ArrayLike, rhs: ArrayLike, init: ArrayLike, steps: 
                weight_init: float = 1.0, weight_smooth: float = 1.0,
                central_smoothness: bool = False, stream: Any = None, check: bool | None = None,
                algorithm: str = "auto") -> np.ndarray:
-    """Solve the S-MNN least-squares problem (``docs/design.md``, section 1).
+    """Solve the S-MNN least-squares problem (``docs/math.md``).
 
     Parameters
     ----------

@@ -7,7 +7,7 @@ pair of substitutions with the factor already computed. In the row form ``M = A^
 
     w = d[A^T (beta - A x)] = dA^T (beta - A x) + A^T (dbeta - dA x)
 
-summed over the rows of ``docs/design.md`` section 1 (``bandsolve.formulation`` defines them):
+summed over the rows of ``docs/math.md`` (``bandsolve.formulation`` defines them):
 
 * equation rows at step ``t``: ``we^2 (dC_t^T (r_t - C_t x_t) + C_t^T (dr_t - dC_t x_t))``;
 * initial-value rows: ``wi^2 dg`` at the initial entries;

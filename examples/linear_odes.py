@@ -66,6 +66,7 @@ def plot(systems, conv, steps, central, path):
         ax.plot(t[::40], u[::40, 0], "o", ms=3, color="C0", label="bandsolve")
         ax.set_title(system.name, fontsize=10)
         ax.set_xlabel("t")
+        ax.set_ylabel("u(t)")
     axes.flat[0].legend(fontsize=8)
     ax = axes.flat[len(systems)]
     for row in conv:

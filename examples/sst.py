@@ -33,8 +33,10 @@ training-period climatology by week of year, and persistence of the last observe
     python examples/sst.py [--quick] [--json PATH] [--plot PATH] [--data FILE]
                            [--mask FILE] [--coarsen K] [--iterations N]
 
-``--quick``: the surrogate on a 9 x 18 grid, 800 weeks, 150 iterations (about 10 s on an idle
-2-core machine; the default run takes 2-10 minutes).
+``--quick``: the surrogate on a 9 x 18 grid, 800 weeks, 150 iterations. Measured on a 2-core
+machine shared with other jobs (load average 2.5-3): ``--quick`` 55-70 s; the default run
+(surrogate, 18 x 36 grid, 1,727 weeks, 600 iterations) 60-72 s once the kernels are
+compiled, 2.4 minutes on its first run.
 ``--json`` holds ``synthetic``, ``rmse`` / ``rmse_celsius`` per method (``smnn``,
 ``climatology``, ``persistence``) over the whole 208 weeks, ``rmse_by_year_celsius`` (4
 values each), ``nmse`` (mean squared error over the variance of the truth), ``losses``,
@@ -238,7 +240,9 @@ def plot(series, test_start, forecasts, by_week, std, mean, cells, data, label, 
         ax_err.plot(weeks, curve * std, color=color, label=name)
     ax_err.set_xlabel("lead time (weeks)")
     ax_err.set_ylabel("RMSE over ocean cells (C)")
-    ax_err.legend(fontsize=8)
+    # headroom above the curves for a one-row legend that hides none of them
+    ax_err.set_ylim(0, 1.3 * max(curve.max() for curve in by_week.values()) * std)
+    ax_err.legend(fontsize=8, ncol=3, loc="upper center")
     ax_err.set_title("forecast error against lead time", fontsize=10)
     ax_map = fig.add_subplot(grid[0, 1])
     err = np.full(data["ocean"].shape, np.nan)
@@ -264,7 +268,7 @@ def plot(series, test_start, forecasts, by_week, std, mean, cells, data, label, 
     ax_ts.axvline(test_start, color="k", ls=":", lw=1)
     ax_ts.set_xlabel("week (dotted line: start of the forecast)")
     ax_ts.set_ylabel("SST (C)")
-    ax_ts.legend(fontsize=8)
+    ax_ts.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the curves
     fig.suptitle(f"{label}: S-MNN 4-year forecast", fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)

@@ -157,21 +157,37 @@ def test_broadcast_solve_equals_in_process(client, case):
     assert_rounding_close(client.compute(u).result(), expected)
 
 
-def test_threaded_scheduler_equals_in_process():
-    """The same graph on Dask's default threaded scheduler (no cluster), with chunks large
-    enough for the core's threaded kernels, which several Dask threads then call
-    concurrently. Reference: the in-process core on the same chunks (same compilation)."""
+def _threaded_problem():
+    """Three chunks large enough for the core's threaded kernels (the in-process reference
+    runs the same kernels on the same chunks)."""
     T = 100
     chunk = PARALLEL_MIN_BLOCK_ROWS // T + 1
     arrays = coupled_oscillators(3 * chunk, T, seed=8)
     parts = [[a[i:i + chunk] for a in arrays] for i in range(0, 3 * chunk, chunk)]
+    dask_arrays = [da.from_array(a, chunks=(chunk,) + (-1,) * (a.ndim - 1)) for a in arrays]
+    return T, chunk, parts, dask_arrays
+
+
+def test_threaded_scheduler_equals_in_process():
+    """The same graph on Dask's default threaded scheduler (no cluster), with chunks large
+    enough for the core's threaded kernels, which several Dask threads then call
+    concurrently. Reference: the in-process core on the same chunks (same compilation)."""
+    _, _, parts, dask_arrays = _threaded_problem()
+    expected = np.concatenate([bandsolve.smnn_solve(*part) for part in parts])
+    u = bdask.smnn_solve(*dask_arrays)
+    assert_rounding_close(u.compute(scheduler="threads", num_workers=3), expected)
+
+
+@pytest.mark.slow  # compiling the threaded gradient kernels costs ~30 s on a cold cache
+def test_threaded_scheduler_vjp_equals_in_process():
+    """The forward and the VJP of the graph above on the threaded scheduler."""
+    T, chunk, parts, dask_arrays = _threaded_problem()
     ubar = np.random.default_rng(9).standard_normal((3 * chunk, T, 3, 3))
     expected_u, expected_grads = [], []
     for i, part in enumerate(parts):
         u_part, vjp_part = bandsolve.smnn_solve_vjp(*part)
         expected_u.append(u_part)
         expected_grads.append(vjp_part(ubar[i * chunk:(i + 1) * chunk]))
-    dask_arrays = [da.from_array(a, chunks=(chunk,) + (-1,) * (a.ndim - 1)) for a in arrays]
     u, vjp = bdask.smnn_solve_vjp(*dask_arrays)
     computed = dask.compute(u, *vjp(ubar), scheduler="threads", num_workers=3)
     assert_rounding_close(computed[0], np.concatenate(expected_u))
@@ -279,6 +295,7 @@ def generated_problem(n_chunks, chunk, T):
     return dask_arrays, local
 
 
+@pytest.mark.slow  # about 12 s even with the kernels cached: 40 chunks of T = 1500 on two workers
 def test_worker_killed_mid_solve(client):
     """SIGKILL one worker process while the solve runs: the scheduler recomputes its tasks
     on the remaining worker (and the nanny's replacement) and the result is unchanged."""

@@ -1,7 +1,8 @@
 """The CUDA backend, testable without a GPU.
 
 1. The parallel-in-time algorithm (``bandsolve/kernels/partitioned.py``, compiled for the CPU
-   here and for CUDA by ``bandsolve.gpu``) against dense solves, in this process.
+   here and for CUDA by ``bandsolve.gpu``) against dense solves, in this process
+   (marked ``slow``: the cold compilation of the CPU build takes about a minute).
 2. ``tests/gpu_cases.py``, the CUDA backend against the CPU backend and the dense oracle,
    under the Numba CUDA simulator. The simulator must be switched on before numba's first
    import and other test modules have imported numba already, so the cases run in a
@@ -27,6 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ----------------------------------------------------------------------------- host reference
 
+# slow: the first call JIT-compiles the partitioned kernel for the CPU, 50-75 s cold on 2 cores,
+# for an algorithm only the GPU backend runs (CI runs these; gpu_cases.py runs its float32 build)
+@pytest.mark.slow
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("T, n, chunk", [(1, 2, 2), (7, 2, 2), (13, 3, 2), (40, 2, 3),
                                          (17, 1, 5), (9, 3, 7)])
@@ -59,6 +63,7 @@ def test_partitioned_geometry(p):
                 assert last < 2 * m + p, (T, m, P)
 
 
+@pytest.mark.slow  # the same compilation as test_partitioned_matches_dense_solve
 def test_partitioned_reports_the_failed_system():
     """An Inf planted in block row 9 of system 1 (an interior row for m = 3, p = 1): the
     interior factorisation meets the non-finite pivot there; system 0 is unaffected."""

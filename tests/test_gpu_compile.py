@@ -36,6 +36,7 @@ def _have_numba_cuda():
     return importlib.util.find_spec("numba_cuda") is not None
 
 
+@pytest.mark.slow  # about 110 s on 2 cores: NVVM and ptxas for every kernel, never cached
 @pytest.mark.skipif(not _have_numba_cuda() and not os.environ.get("CI"),
                     reason="needs pip install -e '.[cuda-compile]' (CI installs it)")
 def test_every_kernel_compiles_for_sm90():

@@ -11,7 +11,8 @@
   ``bandsolve.baselines.mnn_dense_solve``.
 
 Together about 30-60 s on 2 idle cores (process start-up, Numba cache loading, the
-100-iteration quick training and three ETS fits).
+100-iteration quick training and three ETS fits), so the three runs are marked ``slow``
+(CI runs them; ``-m "not slow"`` leaves them out).
 """
 
 import sys
@@ -49,6 +50,7 @@ def test_loaders(examples_path):
     np.testing.assert_array_equal(filled[observed], co2.values[observed])
 
 
+@pytest.mark.slow
 def test_forecast_quick(tmp_path, examples_path):
     from _real_data import interpolate, load_co2
 
@@ -81,6 +83,7 @@ def test_forecast_quick(tmp_path, examples_path):
     assert "RMSE / MAE" in stdout
 
 
+@pytest.mark.slow
 def test_lorenz_vs_sindy_quick(tmp_path, examples_path):
     pytest.importorskip("pysindy", reason="the comparison needs pysindy "
                                           "(pip install -e .[examples])")
@@ -100,6 +103,7 @@ def test_lorenz_vs_sindy_quick(tmp_path, examples_path):
     assert {r["noise"] for r in metrics["rows"]} == {0.0, 0.05}
 
 
+@pytest.mark.slow
 def test_forecast_scaling_quick(tmp_path):
     metrics, _ = run_example("forecast_scaling.py", tmp_path)
     rows = metrics["rows"]
