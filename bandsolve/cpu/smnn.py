@@ -115,7 +115,7 @@ def gradient_kernel(coefficients, steps, lhs_index, rhs, rhs_index, x, y, n_orde
                     we2, ws2, central, coefficients_bar, rhs_bar, steps_bar):
     """Gradients of ``<ubar, x>`` given ``x = M^{-1} b`` and ``y = M^{-1} ubar``.
 
-    Row form (``docs/design.md``, section 1): for residual ``res = A x - beta``,
+    Row form (``docs/math.md``, "The backward pass"): for residual ``res = A x - beta``,
     ``dL/dtheta = -y^T dA^T res - (A y)^T dA x + (A y)^T dbeta``. Outputs, per system of
     the full batch (zeroed here, summed over time where an input's time axis is 1):
     coefficients_bar ``(B, Tc, E, n)``, rhs_bar ``(B, Tr, E)``, steps_bar ``(B, Th)``.

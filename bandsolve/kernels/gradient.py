@@ -1,6 +1,6 @@
 """Per-step pieces of the S-MNN gradient (the VJP of ``x = M^{-1} A^T beta``).
 
-Row form (``docs/design.md``, section 1): with ``x`` the solution, ``y = M^{-1} ubar`` and
+Row form (``docs/math.md``, "The backward pass"): with ``x`` the solution, ``y = M^{-1} ubar`` and
 residual ``res = A x - beta``,
 ``dL/dtheta = -y^T dA^T res - (A y)^T dA x + (A y)^T dbeta``.
 Each helper evaluates one group of rows (equations of step ``t``, Taylor rows of pair
