@@ -43,8 +43,10 @@ class Status:
     """Per-system outcome of a device factorisation, kept on the device.
 
     ``info`` (the caller's array kind, shape = left-hand-side batch shape, int64) holds 0
-    for a system that factored and ``t + 1`` for one whose block row ``t`` had a pivot that
-    was not positive and finite; such a system's results are NaN. Reading it is the
+    for a system that factored, ``t + 1`` for one whose block row ``t`` had a pivot that
+    was not positive and finite (or, after the QR fallback, whose rows are rank deficient
+    there), and ``-1`` for one whose refinement did not converge in a solve; such a
+    system's results are NaN. Reading it is the
     caller's choice: :meth:`check` and :meth:`failed` synchronise, nothing else does.
     """
 
@@ -276,13 +278,16 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
             return
         lhs = self._lhs
         correction = device.scratch((B, T, n), COMPUTE)
-        for _ in range(refine.REFINE_STEPS):
+        for step in range(refine.REFINE_STEPS):
             device.launch(refine.residual_kernel, B * T, lhs.coefficients, lhs.steps,
                           rhs_flat, init_flat, shape, strides["coefficients"],
                           strides["steps"], strides["rhs"], strides["init"],
                           *lhs.kernel_scalars(), extra is None, x,
                           correction if extra is None else extra, correction)
             self._substitute(device, correction, shape, strides["factor"])
+            if step == refine.REFINE_STEPS - 1:  # still large: not converged, fail it
+                device.launch(refine.divergence_kernel, B, x, correction, shape,
+                              strides["factor"], refine.DIVERGED, self.status._info)
             device.launch(refine.add_kernel, B * T * n, arrays.flat(x),
                           arrays.flat(correction))
 

@@ -19,6 +19,8 @@ path, which may synchronise, stops on convergence and falls back to a QR factor 
 rows when refinement does not converge.
 """
 
+import math
+
 import numba
 from numba import cuda
 
@@ -32,6 +34,10 @@ from .arrays import source_row
 # Steps after the first solve: from eps*cond(A)^2 to the eps*cond(A) floor for
 # cond(A) up to ~1e6 (1e-4 -> 1e-8 -> 1e-12); beyond that the host path is the accurate one.
 REFINE_STEPS = 2
+# A last correction larger than this, relative to the solution's largest entry, means the
+# refinement did not converge (the host's ACCEPT_CORRECTION): the system fails (NaN,
+# status -1) instead of returning a solution that may be wrong in every digit.
+DIVERGED = 1e-3
 
 _source_row = device_function(source_row)
 _residual_step = device_function(residual_step)
@@ -123,6 +129,27 @@ def residual_kernel(coefficients, steps, rhs, init, shape, c_strides, h_strides,
     if not with_beta:
         for a in range(g.shape[2]):
             g[i, t, a] += extra[i, t, a]
+
+
+@cuda.jit
+def divergence_kernel(x, correction, shape, l_strides, limit, info):
+    """Per right-hand side ``i = thread``: if ``max|correction[i]| > limit * max|x[i]|``
+    (or either is not finite), ``x[i]`` becomes NaN and its factor's ``info`` ``-1``.
+    x, correction ``(B, T, n)``; ``info`` of the factors, index map as the solves'."""
+    i = cuda.grid(1)
+    if i >= x.shape[0]:
+        return
+    x_max = 0.0
+    c_max = 0.0
+    for t in range(x.shape[1]):
+        for a in range(x.shape[2]):
+            x_max = max(x_max, abs(x[i, t, a]))
+            c_max = max(c_max, abs(correction[i, t, a]))
+    if not (c_max <= limit * x_max):  # NaN fails too
+        for t in range(x.shape[1]):
+            for a in range(x.shape[2]):
+                x[i, t, a] = math.nan
+        info[_source_row(i, shape, l_strides)] = -1
 
 
 @cuda.jit
