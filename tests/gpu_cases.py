@@ -195,6 +195,9 @@ def test_ill_conditioned_systems_are_accurate_or_fail_visibly(algorithm, O, h, T
         assert np.all(np.isnan(u))
         with pytest.raises(bandsolve.FactorizationError):
             factor.check()
+        with pytest.raises(bandsolve.FactorizationError):  # check=True: raised, also when
+            bandsolve.smnn_solve(*to_device(c, r, g, h_), **case.weights,  # the solve
+                                 algorithm=algorithm, check=True)  # failed it
     else:
         assert max(order_errors(u, exact.x)) <= 100 * np.finfo(np.float64).eps * exact.cond
 

@@ -512,8 +512,12 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     if check:
         factorization.check()
     if with_vjp:
-        return factorization._solve_vjp(device, r, g, batch)
-    return factorization._solve(device, r, g, batch)[0]
+        result = factorization._solve_vjp(device, r, g, batch)
+    else:
+        result = factorization._solve(device, r, g, batch)[0]
+    if check:  # the solve's refinement can fail a system too (status -1)
+        factorization.check()
+    return result
 
 
 def factor(coefficients, steps, *, init_shape, n_steps, weight_equation, weight_init,
@@ -612,4 +616,7 @@ def factor_solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, we
         weight_equation=weight_equation, weight_init=weight_init,
         weight_smooth=weight_smooth, central_smoothness=central_smoothness,
         stream=stream, check=check, algorithm=algorithm)
-    return factorization.solve(rhs, init), factorization
+    u = factorization.solve(rhs, init)
+    if check:  # the solve's refinement can fail a system too (status -1)
+        factorization.check()
+    return u, factorization
