@@ -24,15 +24,13 @@ import numpy as np
 from .._jit import jit_helper, jit_kernel, jit_routine
 from ..formulation import n_taylor_orders
 from ..kernels.assembly import assemble_block_row_cached, rhs_step
-from ..kernels.residual import add_residual_product
+from ..kernels.residual import ACCEPT_CORRECTION, add_residual_product
 from ..kernels.row_qr import QR_PIVOT_TOL, row_qr_factor, row_qr_work_rows
 from ..kernels.banded import (CHOLESKY_PIVOT_TOL, backward_substitute, diagonal_of_product,
                               factor_block_row, forward_substitute, forward_substitute_step)
 
 # Refinement: corrections this small relative to the solution are rounding noise.
 EPS = np.finfo(np.float64).eps
-# A correction still above this after refinement stagnates: not converged.
-ACCEPT_CORRECTION = 1e-3
 # The Cholesky route is abandoned when its first correction is larger than this (the
 # contraction ~ eps*cond(A)^2 would need many steps) or after this many steps.
 CHOLESKY_FIRST_CORRECTION = 1e-4

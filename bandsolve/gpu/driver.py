@@ -26,6 +26,7 @@ import numpy as np
 from .. import _problem
 from .. import _validation as v
 from ..kernels.partitioned import n_chunks_for
+from ..kernels.residual import ACCEPT_CORRECTION
 from ..errors import raise_if_failed
 from . import arrays, block, config, gradient, partitioned, refine, thread
 from ._runtime import Device, batch_maps, numba_view, numba_view_strided, shape_of
@@ -287,7 +288,7 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
             self._substitute(device, correction, shape, strides["factor"])
             if step == refine.REFINE_STEPS - 1:  # still large: not converged, fail it
                 device.launch(refine.divergence_kernel, B, x, correction, shape,
-                              strides["factor"], refine.DIVERGED, self.status._info)
+                              strides["factor"], ACCEPT_CORRECTION, self.status._info)
             device.launch(refine.add_kernel, B * T * n, arrays.flat(x),
                           arrays.flat(correction))
 
@@ -503,9 +504,11 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     c, r, g, h = views
     if check:
         _check_values(device, coefficients=c, rhs=r, init=g, steps=h)
-    c, r, g, h = (arrays.as_dtype(device, a, COMPUTE) for a in views)
-    if with_vjp:  # the vjp reads coefficients and steps: keep private copies
-        c, h = (arrays.copy_broadcast(device, a, shape_of(a), a.dtype)[1] for a in (c, h))
+    if with_vjp:  # the vjp reads coefficients and steps: private float64 copies
+        c, h = (arrays.copy_broadcast(device, a, shape_of(a), COMPUTE)[1] for a in (c, h))
+    else:
+        c, h = (arrays.as_dtype(device, a, COMPUTE) for a in (c, h))
+    r, g = (arrays.as_dtype(device, a, COMPUTE) for a in (r, g))
     lhs = _DeviceLHS(device, problem, c, h)
     batch = problem.batch
     factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs, math.prod(batch)))
@@ -520,20 +523,26 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     return result
 
 
+def _device_lhs(device, coefficients, steps, *, init_shape, check, **options):
+    """The validated left-hand side of ``smnn_factor`` / ``from_lower`` (metadata checks,
+    value checks with ``check``, float64 views)."""
+    c = numba_view("coefficients", coefficients, device)
+    h = numba_view("steps", steps, device)
+    problem = _problem.describe_lhs(c, h, init_shape=init_shape, **options)
+    if check:
+        _check_values(device, coefficients=c, steps=h)
+    c, h = (arrays.as_dtype(device, a, COMPUTE) for a in (c, h))
+    return _DeviceLHS(device, problem, c, h)
+
+
 def factor(coefficients, steps, *, init_shape, n_steps, weight_equation, weight_init,
            weight_smooth, central_smoothness, stream, check, algorithm):
     """Device ``smnn_factor``."""
     device = Device.for_inputs((coefficients, steps), stream)
-    c = numba_view("coefficients", coefficients, device)
-    h = numba_view("steps", steps, device)
-    problem = _problem.describe_lhs(
-        c, h, init_shape=init_shape, n_steps=n_steps, weight_equation=weight_equation,
-        weight_init=weight_init, weight_smooth=weight_smooth,
-        central_smoothness=central_smoothness)
-    if check:
-        _check_values(device, coefficients=c, steps=h)
-    c, h = (arrays.as_dtype(device, a, COMPUTE) for a in (c, h))
-    lhs = _DeviceLHS(device, problem, c, h)
+    lhs = _device_lhs(device, coefficients, steps, init_shape=init_shape, n_steps=n_steps,
+                      weight_equation=weight_equation, weight_init=weight_init,
+                      weight_smooth=weight_smooth, central_smoothness=central_smoothness,
+                      check=check)
     factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs,
                                                             math.prod(lhs.batch_shape)))
     if check:
@@ -550,15 +559,11 @@ def from_lower(lower, coefficients, steps, *, init_shape, n_steps, weight_equati
     device = Device.for_inputs((lower, coefficients, steps), stream)
     given = lower
     lower = numba_view_strided(lower)
-    c = numba_view("coefficients", coefficients, device)
-    h = numba_view("steps", steps, device)
-    problem = _problem.describe_lhs(
-        c, h, init_shape=init_shape, n_steps=n_steps, weight_equation=weight_equation,
-        weight_init=weight_init, weight_smooth=weight_smooth,
-        central_smoothness=central_smoothness)
-    c, h = (arrays.as_dtype(device, a, COMPUTE) for a in (c, h))
-    lhs = _DeviceLHS(device, problem, c, h)
-    T = problem.n_steps
+    lhs = _device_lhs(device, coefficients, steps, init_shape=init_shape, n_steps=n_steps,
+                      weight_equation=weight_equation, weight_init=weight_init,
+                      weight_smooth=weight_smooth, central_smoothness=central_smoothness,
+                      check=False)
+    T = lhs.n_steps
     n_lhs = math.prod(lhs.batch_shape)
     p, n = lhs.bandwidth, lhs.block_size
     expected = lhs.batch_shape + (T, p + 1, n, n)

@@ -34,10 +34,6 @@ from .arrays import source_row
 # Steps after the first solve: from eps*cond(A)^2 to the eps*cond(A) floor for
 # cond(A) up to ~1e6 (1e-4 -> 1e-8 -> 1e-12); beyond that the host path is the accurate one.
 REFINE_STEPS = 2
-# A last correction larger than this, relative to the solution's largest entry, means the
-# refinement did not converge (the host's ACCEPT_CORRECTION): the system fails (NaN,
-# status -1) instead of returning a solution that may be wrong in every digit.
-DIVERGED = 1e-3
 
 _source_row = device_function(source_row)
 _residual_step = device_function(residual_step)
@@ -134,7 +130,9 @@ def residual_kernel(coefficients, steps, rhs, init, shape, c_strides, h_strides,
 @cuda.jit
 def divergence_kernel(x, correction, shape, l_strides, limit, info):
     """Per right-hand side ``i = thread``: if ``max|correction[i]| > limit * max|x[i]|``
-    (or either is not finite), ``x[i]`` becomes NaN and its factor's ``info`` ``-1``.
+    (or either is not finite), ``x[i]`` becomes NaN and its factor's ``info`` ``-1``: the
+    refinement did not converge (``limit``: ``kernels.residual.ACCEPT_CORRECTION``), and a
+    solution that may be wrong in every digit is not returned.
     x, correction ``(B, T, n)``; ``info`` of the factors, index map as the solves'."""
     i = cuda.grid(1)
     if i >= x.shape[0]:

@@ -14,6 +14,12 @@ from ..formulation import central_weights, n_taylor_orders, taylor_rows
 from .assembly import central_entry, central_order, central_row_dot, taylor_row_dot, time_index
 
 
+# A refinement correction still above this, relative to the solution, when refinement
+# stops: not converged (the host's acceptance of a stagnating correction, the device's
+# divergence test).
+ACCEPT_CORRECTION = 1e-3
+
+
 @jit_helper
 def _subtract_step_rows(coefficients, rhs, init, x, t, n_orders, n_init_steps,
                         n_init_orders, we2, wi2, with_beta, out):
