@@ -23,6 +23,7 @@ from .accurate import (
     qr_factor_kernel,
     refined_solve_kernel,
 )
+from .lanes import solve as lanes
 from .smnn import assemble_kernel, assemble_rhs_kernel, gradient_kernel
 
 # VJP with a shared left-hand side: systems per gradient-kernel call (at least the lhs
@@ -202,6 +203,12 @@ def _rhs_scale(lhs, rhs_flat, init_flat):
 
 
 
+def _shape_solution(lhs, x, batch):
+    """x ``(B, T, n)`` float64 -> ``u`` ``(*batch, T, D, O)`` in the problem's dtype."""
+    return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)).astype(
+        lhs.dtype, copy=False)
+
+
 class SMNNFactorization(_problem.FactorizationInfo):
     """The factored left-hand side of an S-MNN problem, reusable for many right-hand sides.
 
@@ -375,9 +382,7 @@ central_smoothness=False, dtype=float64)
         return status
 
     def _shape_u(self, x, batch):
-        lhs = self._lhs
-        return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)).astype(
-            lhs.dtype, copy=False)
+        return _shape_solution(self._lhs, x, batch)
 
     def solve(self, rhs, init, *, check=None):
         """Solve for new ``rhs`` ``(..., T or 1, E)`` and ``init`` ``(..., Ti, D, Oi)``.
@@ -531,7 +536,8 @@ def solve(coefficients, rhs, init, steps, *, with_vjp, check=None, **options):
     ``central_smoothness``; ``check`` the failure policy (default: raise)."""
     if with_vjp:  # private copies: the vjp must not see later changes to rhs or u
         rhs = v.as_host_array("rhs", rhs).copy()
-    u, _, backward = _solve(coefficients, rhs, init, steps, check=check, **options)
+    u, _, backward = _solve(coefficients, rhs, init, steps, check=check,
+                            forward_only=not with_vjp, **options)
     return (u.copy(), backward) if with_vjp else u
 
 
@@ -542,14 +548,24 @@ def factor_solve(coefficients, rhs, init, steps, *, check=None, **options):
     return u, factorization
 
 
-def _solve(coefficients, rhs, init, steps, *, check=None, **options):
-    """Validate, factor and solve; returns ``(u, factorization, vjp)``."""
+def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **options):
+    """Validate, factor and solve; returns ``(u, factorization, vjp)``.
+
+    ``forward_only``: only ``u`` is wanted; large enough batches then go through the SIMD
+    lane kernels (:mod:`bandsolve.cpu.lanes`), which keep no reusable factor
+    (factorization and vjp are then None)."""
     check = host_check(check)
     lhs, rhs, init, batch = _host_problem(coefficients, rhs, init, steps, **options)
     _check_magnitudes(lhs)
     T = lhs.n_steps
     rhs_flat, rhs_index, init_flat, init_index, _ = lhs.flat_rhs(rhs, init, batch)
-    if batch == lhs.batch_shape and _rhs_scale(lhs, rhs_flat, init_flat) == 1.0:
+    fused = batch == lhs.batch_shape and _rhs_scale(lhs, rhs_flat, init_flat) == 1.0
+    if fused and forward_only and lanes.applies(lhs, math.prod(batch)):
+        x, info = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index)
+        if check:
+            _raise_if_failed(info, lhs.batch_shape)
+        return _shape_solution(lhs, x, batch), None, None
+    if fused:
         # one right-hand side per left-hand side: factor, solve and refine each system in
         # one pass while its factor is still in cache
         lower = lhs.empty_blocks()

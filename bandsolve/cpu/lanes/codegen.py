@@ -1,0 +1,456 @@
+"""Source of the lane kernels for one shape ``(D, O, E)``: straight-line block code.
+
+Every block loop of one time step is unrolled here, in Python, into statements on named
+scalars, with the entries known to be zero left out (the smoothness couplings are
+block-diagonal over ``d``, so ``L[t, t-1]`` is block upper triangular over ``d``). The only
+loop left inside a time step is the lane loop ``for w in range(W)`` over ``W`` systems,
+which LLVM turns into vector instructions.
+
+Lane storage: quantity ``k`` of step ``t`` of lane ``w`` in group ``g`` lives at
+``array[g, (t*K + k)*W + w]`` (K quantities per step). Indices are unsigned (``U``):
+with signed ones Numba inserts a negative-index wrap-around test that keeps LLVM from
+vectorising. Each lane loop reads arrays it does not write, or reads a slot and then
+overwrites the same slot (the ``carry`` arrays that pass one step's values to the next):
+any other overlap makes LLVM give up on the loop ("unsafe dependent memory operations").
+
+Kernels (all ``prange`` over lane groups, float64):
+
+- ``factor_forward``: assemble ``M``'s block row and ``b_t`` from the staged inputs,
+  factor (``L[t,t-1] = Y^T`` with ``Y = L[t-1,t-1]^{-1} M[t,t-1]^T``, then
+  ``L[t,t] = chol(M[t,t] - Y^T Y)``), relative pivot test, forward substitution;
+- ``backward``: ``x_t = L[t,t]^{-T} (z_t - Y_{t+1} x_{t+1})`` from ``T-1`` down to 0;
+- ``residual_forward``: ``g = L^{-1} A^T (beta - A x)`` with the residual formed from the
+  rows (never from ``M``), the forward substitution fused into the same sweep;
+- ``correction_backward``: ``L^{-T}`` of that, with the per-order maxima refinement's
+  convergence test needs (``|g_o|``, ``|x_o|``, ``|x_o| sqrt(M_kk)``).
+"""
+
+W = 8  # lanes (systems) per group: two AVX2 / one AVX-512 float64 vector
+
+# Diagonal blocks are stored packed (lower triangle, row-major) with 1/L_ii on the
+# diagonal, so that substitutions multiply instead of divide.
+
+
+def packed(i, j):
+    return i * (i + 1) // 2 + j
+
+
+class Layout:
+    """Sizes and index maps of one shape: ``n = D*O`` unknowns per step."""
+
+    def __init__(self, n_dims, n_orders, n_equations):
+        self.D, self.O, self.E = n_dims, n_orders, n_equations
+        self.n = n_dims * n_orders
+        self.n_packed = self.n * (self.n + 1) // 2
+        O = n_orders
+        # Taylor rows of one pair (scaled by ws): row q (2*O of them), entries
+        # (column, slot); forward row k reads u[t, k..O-1] and u[t+1, k], backward row
+        # k reads u[t+1, k..O-1] (columns O+k..) and u[t, k]
+        self.taylor = []
+        slot = 0
+        for k in range(O):
+            cols = list(range(k, O)) + [O + k]
+            self.taylor.append([(c, slot + i) for i, c in enumerate(cols)])
+            slot += len(cols)
+        for k in range(O):
+            cols = [O + o for o in range(k, O)] + [k]
+            self.taylor.append([(c, slot + i) for i, c in enumerate(cols)])
+            slot += len(cols)
+        self.n_taylor = slot
+        # Y = L[t-1]^{-1} B^T with B = M[t,t-1] block diagonal over d: entry (r, c) can be
+        # non-zero only when block(r) >= block(c) ... computed symbolically below
+        self.y_entries = [(r, c) for r in range(self.n) for c in range(self.n)
+                          if r // O >= c // O]
+        self.y_slot = {rc: i for i, rc in enumerate(self.y_entries)}
+        self.n_y = len(self.y_entries)
+
+    def key(self):
+        return f"d{self.D}_o{self.O}_e{self.E}_w{W}"
+
+
+def _sum(terms):
+    """``a + b + ...`` of the non-empty terms, or None (a known zero)."""
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    return " + ".join(terms)
+
+
+class _Body:
+    def __init__(self, indent):
+        self.lines = []
+        self.indent = indent
+
+    def __call__(self, text):
+        self.lines.append(" " * self.indent + text)
+
+    def let(self, name, expr):
+        """``name = expr``; returns name, or None when expr is a known zero."""
+        if expr is None:
+            return None
+        self(f"{name} = {expr}")
+        return name
+
+
+def _ld(array, offset, k):
+    return f"{array}[g, {offset} + U({k * W}) + w]"
+
+
+def _taylor_entries(lay, body, array, offset, tag, flag):
+    """Load one pair's Taylor rows, times ``flag`` (0.0 zeroes a missing pair), into names
+    ``{tag}_{q}_{c}``; returns rows[q][c]."""
+    rows = []
+    for q, entries in enumerate(lay.taylor):
+        row = [None] * (2 * lay.O)
+        for c, s in entries:
+            row[c] = body.let(f"{tag}_{q}_{c}", f"{flag} * {_ld(array, offset, s)}")
+        rows.append(row)
+    return rows
+
+
+def _gram(rows, i_half, j_half, O):
+    """``sum_q a[q, i] a[q, j]`` over one pair's rows, as expressions ``[i][j]``."""
+    out = [[None] * O for _ in range(O)]
+    for i in range(O):
+        for j in range(O):
+            terms = []
+            for row in rows:
+                a, b = row[i_half * O + i], row[j_half * O + j]
+                if a is not None and b is not None:
+                    terms.append(f"{a} * {b}")
+            out[i][j] = _sum(terms)
+    return out
+
+
+def _load_packed(lay, body, array, offset, tag):
+    """Names ``{tag}_{i}_{j}`` of a packed factor block (diagonal: the inverse)."""
+    L = [[None] * lay.n for _ in range(lay.n)]
+    for i in range(lay.n):
+        for j in range(i + 1):
+            L[i][j] = body.let(f"{tag}_{i}_{j}", _ld(array, offset, packed(i, j)))
+    return L
+
+
+def _forward_solve(lay, body, L, vec, tag):
+    """``L^{-1} vec`` (packed L with inverse diagonal), names ``{tag}_{i}``."""
+    out = [None] * lay.n
+    for i in range(lay.n):
+        terms = [f"{L[i][m]} * {out[m]}" for m in range(i) if out[m] is not None]
+        if vec[i] is None and not terms:
+            continue
+        expr = vec[i] if vec[i] is not None else "0.0"
+        if terms:
+            expr = f"({expr}) - ({' + '.join(terms)})"
+        out[i] = body.let(f"{tag}_{i}", f"({expr}) * {L[i][i]}")
+    return out
+
+
+def _backward_solve(lay, body, L, vec, tag):
+    """``L^{-T} vec``, names ``{tag}_{i}``."""
+    out = [None] * lay.n
+    for i in range(lay.n - 1, -1, -1):
+        terms = [f"{L[m][i]} * {out[m]}" for m in range(i + 1, lay.n) if out[m] is not None]
+        if vec[i] is None and not terms:
+            continue
+        expr = vec[i] if vec[i] is not None else "0.0"
+        if terms:
+            expr = f"({expr}) - ({' + '.join(terms)})"
+        out[i] = body.let(f"{tag}_{i}", f"({expr}) * {L[i][i]}")
+    return out
+
+
+def _coupling(lay, body, tr_prev):
+    """``B^T`` as expressions: ``B = M[t, t-1]`` = ws^2 G10 per d (row u[t], col u[t-1]);
+    ``B^T[(d, i), (d, j)] = G10[j, i]``."""
+    O = lay.O
+    g10 = _gram(tr_prev, 1, 0, O)  # [i: u[t] order][j: u[t-1] order]
+    names = [[None] * O for _ in range(O)]
+    for i in range(O):
+        for j in range(O):
+            names[i][j] = body.let(f"g10_{i}_{j}", g10[i][j])
+    bt = [[None] * lay.n for _ in range(lay.n)]
+    for d in range(lay.D):
+        for i in range(O):
+            for j in range(O):
+                bt[d * O + i][d * O + j] = names[j][i]
+    return bt
+
+
+def _y_from(lay, body, Lp, bt):
+    """``Y = Lp^{-1} B^T`` column by column, names ``y_{r}_{c}``; returns Y[r][c]."""
+    Y = [[None] * lay.n for _ in range(lay.n)]
+    for c in range(lay.n):
+        col = _forward_solve(lay, body, Lp, [bt[r][c] for r in range(lay.n)], f"y_c{c}")
+        for r in range(lay.n):
+            Y[r][c] = col[r]
+    for r in range(lay.n):
+        for c in range(lay.n):
+            if Y[r][c] is not None:
+                assert (r, c) in lay.y_slot, (r, c)
+    return Y
+
+
+def _factor_step(lay):
+    """Lane-loop body of one step of ``factor_forward``. The first and last steps are the
+    same code: the carries start at zero and the flags ``fp`` (a previous step exists),
+    ``fn`` (a next one) zero the missing pair's Taylor rows, which are read from a valid
+    but unused step."""
+    has_prev = has_next = True
+    n, O, E = lay.n, lay.O, lay.E
+    b = _Body(12)
+    c = [[b.let(f"c_{e}_{a}", _ld("coefficients", "oc", e * n + a)) for a in range(n)]
+         for e in range(E)]
+    r = [b.let(f"r_{e}", _ld("rhs", "orr", e)) for e in range(E)]
+    gi = [b.let(f"gi_{k}", _ld("init", "og", k)) for k in range(n)]
+    grams_next = grams_prev = None
+    if has_next:
+        tr_next = _taylor_entries(lay, b, "taylor", "otn", "tn", "fn")
+        grams_next = _gram(tr_next, 0, 0, O)
+    if has_prev:
+        tr_prev = _taylor_entries(lay, b, "taylor", "otp", "tp", "fp")
+        grams_prev = _gram(tr_prev, 1, 1, O)
+    # M[t, t] (lower triangle) and b_t
+    m = [[None] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1):
+            expr = f"we2 * ({' + '.join(f'{c[e][i]} * {c[e][j]}' for e in range(E))})"
+            terms = [expr]
+            if i // O == j // O:
+                for g in (grams_next, grams_prev):
+                    if g is not None and g[i % O][j % O] is not None:
+                        terms.append(f"({g[i % O][j % O]})")
+            if i == j:
+                terms.append(f"pw_{i}")
+            m[i][j] = b.let(f"m_{i}_{j}", " + ".join(terms))
+    rhs = [b.let(f"b_{i}", f"we2 * ({' + '.join(f'{c[e][i]} * {r[e]}' for e in range(E))})"
+                 f" + pw_{i} * {gi[i]}") for i in range(n)]
+    for i in range(n):
+        b(f"scale[g, os + U({i * W}) + w] = math.sqrt({m[i][i]})")
+    s = [row[:] for row in m]
+    if has_prev:
+        Lp = _load_packed(lay, b, "carry_l", "U(0)", "lp")
+        Y = _y_from(lay, b, Lp, _coupling(lay, b, tr_prev))
+        for (rr, cc) in lay.y_entries:
+            value = Y[rr][cc] if Y[rr][cc] is not None else "0.0"
+            b(f"ys[g, oy + U({lay.y_slot[(rr, cc)] * W}) + w] = {value}")
+        for i in range(n):
+            for j in range(i + 1):
+                terms = [f"{Y[q][i]} * {Y[q][j]}" for q in range(n)
+                         if Y[q][i] is not None and Y[q][j] is not None]
+                if terms:
+                    s[i][j] = b.let(f"s_{i}_{j}", f"{m[i][j]} - ({' + '.join(terms)})")
+        zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
+        for i in range(n):
+            terms = [f"{Y[q][i]} * {zp[q]}" for q in range(n) if Y[q][i] is not None]
+            if terms:
+                rhs[i] = b.let(f"v_{i}", f"{rhs[i]} - ({' + '.join(terms)})")
+    # Cholesky of s, with the relative pivot test (branch-free: NaN fails it too)
+    L = [[None] * n for _ in range(n)]
+    b("good = ok[g, w]")
+    for j in range(n):
+        terms = [f"{L[j][k]} * {L[j][k]}" for k in range(j)]
+        pivot = b.let(f"piv_{j}", s[j][j] + (f" - ({' + '.join(terms)})" if terms else ""))
+        b(f"good = good * (({pivot}) > tol * {m[j][j]})")
+        b(f"root_{j} = math.sqrt({pivot})")
+        L[j][j] = b.let(f"l_{j}_{j}", f"1.0 / root_{j}")
+        for i in range(j + 1, n):
+            terms = [f"{L[i][k]} * {L[j][k]}" for k in range(j)]
+            expr = s[i][j] + (f" - ({' + '.join(terms)})" if terms else "")
+            L[i][j] = b.let(f"l_{i}_{j}", f"({expr}) * {L[j][j]}")
+    b("ok[g, w] = good")
+    z = _forward_solve(lay, b, L, rhs, "z")
+    for i in range(n):
+        for j in range(i + 1):
+            b(f"lower[g, ol + U({packed(i, j) * W}) + w] = {L[i][j]}")
+            b(f"carry_l[g, U({packed(i, j) * W}) + w] = {L[i][j]}")
+        b(f"x[g, ox + U({i * W}) + w] = {z[i] if z[i] is not None else '0.0'}")
+        b(f"carry_z[g, U({i * W}) + w] = {z[i] if z[i] is not None else '0.0'}")
+    return b.lines
+
+
+def _backward_step(lay, with_stats):
+    """Lane-loop body of one step of ``x_t = L_t^{-T} (z_t - Y_{t+1} x_{t+1})`` on array
+    ``v``; ``with_stats``: also the per-order maxima of the correction test. At the last
+    step the carry is zero and ``ys`` has a zero step ``T``."""
+    n, O = lay.n, lay.O
+    has_next = True
+    b = _Body(12)
+    L = _load_packed(lay, b, "lower", "ol", "l")
+    vec = [b.let(f"z_{i}", _ld("v", "ov", i)) for i in range(n)]
+    if has_next:
+        xn = [b.let(f"xn_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
+        for rr in range(n):
+            terms = [f"ys[g, oy + U({lay.y_slot[(rr, cc)] * W}) + w] * {xn[cc]}"
+                     for cc in range(n) if (rr, cc) in lay.y_slot]
+            if terms:
+                vec[rr] = b.let(f"q_{rr}", f"{vec[rr]} - ({' + '.join(terms)})")
+    out = _backward_solve(lay, b, L, vec, "o")
+    for i in range(n):
+        value = out[i] if out[i] is not None else "0.0"
+        b(f"v[g, ov + U({i * W}) + w] = {value}")
+        b(f"carry_z[g, U({i * W}) + w] = {value}")
+    if with_stats:
+        # stats slots: [0, O) max|g_o|, [O, 2O) max|x_o|, [2O, 3O) max|x_o| sqrt(M_kk),
+        # 3O: all finite (1.0) or not (0.0)
+        b("fin = stats[g, U({}) + w]".format(3 * O * W))
+        for o in range(O):
+            for slot in range(3):
+                b(f"st{slot}_{o} = stats[g, U({(slot * O + o) * W}) + w]")
+        for i in range(n):
+            o = i % O
+            b(f"ax_{i} = abs(x[g, ox + U({i * W}) + w])")
+            b(f"ag_{i} = abs({out[i] if out[i] is not None else '0.0'})")
+            b(f"fin = fin * (ag_{i} < math.inf)")
+            b(f"st0_{o} = max(st0_{o}, ag_{i})")
+            b(f"st1_{o} = max(st1_{o}, ax_{i})")
+            b(f"st2_{o} = max(st2_{o}, ax_{i} * scale[g, os + U({i * W}) + w])")
+        for o in range(O):
+            for slot in range(3):
+                b(f"stats[g, U({(slot * O + o) * W}) + w] = st{slot}_{o}")
+        b("stats[g, U({}) + w] = fin".format(3 * O * W))
+    return b.lines
+
+
+def _residual_step(lay, with_beta):
+    """Lane-loop body of one step of ``residual_forward``: ``g_t = [A^T (beta - A x)]_t``
+    (its equations and initial values, the pair (t, t+1) whose share of ``g_{t+1}`` is
+    carried, plus the share of pair (t-1, t) carried in), then ``z_t = L_t^{-1} (g_t -
+    Y_t^T z_{t-1})``. Without ``with_beta``: the plain system ``g = extra - M x``. The
+    carries start at zero; at the last step ``fn = 0`` zeroes the pair (t, t+1), whose
+    ``x_{t+1}`` is then read from step ``t``."""
+    n, O, E, D = lay.n, lay.O, lay.E, lay.D
+    has_prev = has_next = True
+    b = _Body(12)
+    xt = [b.let(f"xt_{i}", _ld("x", "ox", i)) for i in range(n)]
+    g = [None] * n
+    if with_beta:
+        for i in range(n):
+            g[i] = f"(-pw_{i} * ({xt[i]} - {_ld('init', 'og', i)}))"
+    else:
+        for i in range(n):
+            g[i] = f"({_ld('extra', 'ox', i)} - pw_{i} * {xt[i]})"
+    for e in range(E):
+        terms = " + ".join(f"{_ld('coefficients', 'oc', e * n + a)} * {xt[a]}"
+                           for a in range(n))
+        if with_beta:
+            terms = f"({terms}) - {_ld('rhs', 'orr', e)}"
+        b(f"res_{e} = we2 * ({terms})")
+        for a in range(n):
+            b(f"ce_{e}_{a} = {_ld('coefficients', 'oc', e * n + a)}")
+    for a in range(n):
+        g[a] = f"{g[a]} - ({' + '.join(f'ce_{e}_{a} * res_{e}' for e in range(E))})"
+    if has_prev:
+        for i in range(n):
+            g[i] = f"{g[i]} + {_ld('carry_g', 'U(0)', i)}"
+    carried = [None] * n
+    if has_next:
+        xn = [b.let(f"xn_{i}", _ld("x", "oxn", i)) for i in range(n)]
+        rows = _taylor_entries(lay, b, "taylor", "otn", "tn", "fn")
+        for d in range(D):
+            for q, row in enumerate(rows):
+                terms = [f"{row[cidx]} * {(xt if cidx < O else xn)[d * O + cidx % O]}"
+                         for cidx in range(2 * O) if row[cidx] is not None]
+                res = b.let(f"rs_{d}_{q}", " + ".join(terms))
+                for cidx in range(2 * O):
+                    if row[cidx] is None:
+                        continue
+                    k = d * O + cidx % O
+                    if cidx < O:
+                        g[k] = f"{g[k]} - {row[cidx]} * {res}"
+                    else:
+                        carried[k] = _sum([carried[k], f"{row[cidx]} * {res}"])
+    gt = [b.let(f"gt_{i}", g[i]) for i in range(n)]
+    for i in range(n):
+        b(f"carry_g[g, U({i * W}) + w] = {'-(' + carried[i] + ')' if carried[i] else '0.0'}")
+    if has_prev:
+        zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
+        for i in range(n):
+            terms = [f"ys[g, oy + U({lay.y_slot[(q, i)] * W}) + w] * {zp[q]}"
+                     for q in range(n) if (q, i) in lay.y_slot]
+            if terms:
+                gt[i] = b.let(f"u_{i}", f"{gt[i]} - ({' + '.join(terms)})")
+    L = _load_packed(lay, b, "lower", "ol", "l")
+    z = _forward_solve(lay, b, L, gt, "z")
+    for i in range(n):
+        value = z[i] if z[i] is not None else "0.0"
+        b(f"v[g, ov + U({i * W}) + w] = {value}")
+        b(f"carry_z[g, U({i * W}) + w] = {value}")
+    return b.lines
+
+
+_HEADER = '''"""Generated by bandsolve.cpu.lanes.codegen for D={D}, O={O}, E={E}, W={W}: do not edit."""
+import math
+
+import numba
+import numpy as np
+
+U = np.uint64
+W = {W}
+N = {n}
+NP = {n_packed}
+NY = {n_y}
+NT = {n_taylor}
+_OPTIONS = dict(parallel=True, cache=True, nogil=True, error_model="numpy",
+                boundscheck=False, fastmath={{"contract"}})
+'''
+
+
+def _offsets(names):
+    return [f"        {line}" for line in names]
+
+
+def _loop(body_lines, t_expr_lines):
+    """``for w`` around a body, preceded by the per-step offsets (indent 8)."""
+    out = [f"        {line}" for line in t_expr_lines]
+    out.append("        for w in range(U(W)):")
+    out.extend(body_lines)
+    return out
+
+
+_BACK_OFFSETS = ["tt = U(t)", "ol = tt * U(NP * W)", "oy = (tt + U(1)) * U(NY * W)",
+                 "ov = tt * U(N * W)", "ox = tt * U(N * W)", "os = tt * U(N * W)"]
+
+
+def _pins(n):
+    return [f"pw_{i} = pins[t * N + {i}]" for i in range(n)]
+
+
+def generate(n_dims, n_orders, n_equations):
+    """Python source of the lane kernels for shape ``(D, O, E)``."""
+    lay = Layout(n_dims, n_orders, n_equations)
+    n = lay.n
+    src = [_HEADER.format(D=lay.D, O=lay.O, E=lay.E, W=W, n=n, n_packed=lay.n_packed,
+                          n_y=lay.n_y, n_taylor=lay.n_taylor)]
+
+    step_offsets = ["tt = U(t)", "last = t == T - 1",
+                    "fp = 1.0 if t > 0 else 0.0", "fn = 0.0 if last else 1.0",
+                    "oc = tt * cs", "orr = tt * rs", "og = U(min(t, n_init - 1)) * gs",
+                    "ox = tt * U(N * W)", "ol = tt * U(NP * W)", "oy = tt * U(NY * W)",
+                    "os = tt * U(N * W)", "ov = tt * U(N * W)",
+                    "oxn = (tt if last else tt + U(1)) * U(N * W)",
+                    "otn = (U(0) if last else tt) * hs",
+                    "otp = (tt - U(1)) * hs if t > 0 else U(0)"] + _pins(n)
+    kernels = (
+        ("factor_forward", "coefficients, cs, rhs, rs, init, gs, n_init, taylor, hs, pins, "
+         "we2, tol, lower, ys, x, scale, ok, carry_l, carry_z", "range(T)",
+         step_offsets, _factor_step(lay)),
+        ("backward", "lower, ys, v, x, scale, stats, carry_z", "range(T - 1, -1, -1)",
+         _BACK_OFFSETS, _backward_step(lay, False)),
+        ("correction_backward", "lower, ys, v, x, scale, stats, carry_z",
+         "range(T - 1, -1, -1)", _BACK_OFFSETS, _backward_step(lay, True)),
+        ("residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, taylor, hs, pins, "
+         "we2, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
+         _residual_step(lay, True)),
+        ("plain_residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, taylor, hs, "
+         "pins, we2, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
+         _residual_step(lay, False)),
+    )
+    for name, arguments, steps, offsets, body in kernels:
+        src.append("@numba.njit(**_OPTIONS)")
+        src.append(f"def {name}(n_groups, T, {arguments}):")
+        src.append("    for g in numba.prange(n_groups):")
+        src.append(f"        for t in {steps}:")
+        src.extend(["    " + line for line in _loop(body, offsets)])
+        src.append("    return 0")
+        src.append("")
+    return "\n".join(src) + "\n"

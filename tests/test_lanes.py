@@ -1,0 +1,163 @@
+"""The SIMD lane kernels (``bandsolve.cpu.lanes``) against independent references.
+
+``smnn_solve`` sends batches of at least ``W`` systems (one right-hand side each) through
+the lane kernels; the size threshold that keeps small problems off them is lowered here so
+that small, cheap cases reach them. Each case checks that the lane path really ran.
+
+References: ``numpy.linalg.lstsq`` on the dense rows (``helpers.oracle_solve``, error
+``~eps * cond(A)``) and, for the ill-conditioned case, the 60-digit solve of
+``tests/exact.py``. Errors are per derivative order (orders differ in scale by ``h^-o``).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import bandsolve
+from bandsolve.cpu.lanes import codegen
+from bandsolve.cpu.lanes import solve as lanes
+from exact import exact_solution, order_errors
+from helpers import make_problem, oracle_solve
+
+EPS = np.finfo(np.float64).eps
+# two lane groups, the second padded
+BATCH = (codegen.W + 1,)
+
+
+class _Calls(list):
+    """Calls of ``lane_solve``; ``fallbacks`` the number of systems each call sent back
+    to the one-system host kernel (a lane that failed its pivot test or refinement)."""
+
+    fallbacks = ()
+
+
+@pytest.fixture
+def lane_calls(monkeypatch):
+    """Route small problems through the lane kernels; returns the record of their calls
+    (a broken lane factor would hide behind the host fallback: tests check both)."""
+    calls = _Calls()
+    calls.fallbacks = []
+    real, host = lanes.lane_solve, lanes.accurate_factor_solve_kernel
+
+    def spy(*args):
+        calls.append(args[0].n_steps)
+        return real(*args)
+
+    class HostSpy:
+        def for_batch(self, n_systems, n_steps):
+            calls.fallbacks.append(n_systems)
+            return host.for_batch(n_systems, n_steps)
+
+    monkeypatch.setattr(lanes, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(lanes, "lane_solve", spy)
+    monkeypatch.setattr(lanes, "accurate_factor_solve_kernel", HostSpy())
+    return calls
+
+
+def _order_tolerance(cond_m):
+    # the accurate solve and lstsq are both backward stable: errors ~ eps * cond(A) each
+    # (cond(A) = sqrt(cond(M))); 100 covers the dimension factors of blocks this small
+    return max(100 * EPS * math.sqrt(cond_m), 1e-13)
+
+
+def _check_against_lstsq(problem, options, u):
+    ref, cond = oracle_solve(*problem, **options)
+    assert np.all(np.isfinite(cond)), "test problem must be full rank"
+    for idx in np.ndindex(ref.shape[:-3]):
+        errors = order_errors(u[idx], ref[idx])
+        assert max(errors) <= _order_tolerance(cond[idx]), (idx, errors, cond[idx])
+
+
+CASES = {
+    "per-step inputs, steps varying per system": dict(),
+    "uniform grid, coefficients constant in time": dict(coef_T=1, steps_T=1),
+    "one rhs and init for all systems": dict(rhs_batch=(1,), init_batch=()),
+    "two initial steps, every order pinned": dict(Ti=2, Oi=3),
+}
+
+
+@pytest.mark.parametrize("T", [1, 2, 7])
+@pytest.mark.parametrize("case", list(CASES))
+def test_lane_solve_matches_lstsq(lane_calls, case, T):
+    kw = CASES[case]
+    if T == 1:
+        kw = dict(kw, steps_T=0, Ti=1, Oi=3)  # a single step needs every order pinned
+    problem = make_problem(3, batch=BATCH, T=T, E=2, D=2, O=3, **kw)
+    before = [a.copy() for a in problem]
+    u = bandsolve.smnn_solve(*problem)
+    assert lane_calls, "the lane kernels were not used"
+    assert not lane_calls.fallbacks, "well-conditioned lanes fell back to the host kernel"
+    assert u.shape == BATCH + (T, 2, 3) and u.dtype == np.float64
+    _check_against_lstsq(problem, {}, u)
+    for a, b in zip(problem, before):
+        np.testing.assert_array_equal(a, b)  # inputs never modified
+
+
+def test_weights_and_float32(lane_calls):
+    options = dict(weight_equation=0.5, weight_init=3.0, weight_smooth=2.0)
+    problem = make_problem(4, batch=BATCH, T=6, E=2, D=2, O=3)
+    u = bandsolve.smnn_solve(*problem, **options)
+    _check_against_lstsq(problem, options, u)
+    u32 = bandsolve.smnn_solve(*(a.astype(np.float32) for a in problem), **options)
+    assert u32.dtype == np.float32
+    ref, _ = oracle_solve(*(a.astype(np.float32).astype(np.float64) for a in problem),
+                          **options)
+    for idx in np.ndindex(BATCH):
+        # computed in float64 from the float32 inputs: only the final rounding to float32
+        assert max(order_errors(u32[idx], ref[idx])) <= 4 * np.finfo(np.float32).eps
+    assert len(lane_calls) == 2 and not lane_calls.fallbacks
+
+
+def test_ill_conditioned_systems_are_refined(lane_calls):
+    """Small steps at O = 4: cond(A) from 1.5e4 (h = 0.05) to 1.4e7 (h = 0.005) still pass
+    the pivot test and are refined in the lanes; h = 0.002 (cond(A) 1.7e8) fails it and is
+    solved by the host kernel's row-QR fallback. Measured without refinement (lanes with
+    ``CHOLESKY_MAX_STEPS = 0``): errors 1.1e-9, 2.0e-7, 7.4e-6, 2.2e-5, all above the
+    bound below; with it: 1.5e-15 .. 2.2e-12."""
+    rng = np.random.default_rng(7)
+    B, T, D, O, E = codegen.W, 12, 1, 4, 1
+    c = rng.standard_normal((B, T, E, D, O))
+    r = rng.standard_normal((B, T, E))
+    g = rng.standard_normal((B, 1, D, 2))
+    h = np.full((B, T - 1), 0.5)
+    for b, step in enumerate([0.05, 0.02, 0.01, 5e-3, 2e-3]):
+        h[b + 1] = step
+    u = bandsolve.smnn_solve(c, r, g, h)
+    assert lane_calls and lane_calls.fallbacks == [1]  # h = 0.002 only
+    for b in range(B):
+        ref = exact_solution(c[b], r[b], g[b], h[b])
+        errors = order_errors(u[b], ref.x)
+        # backward-stable least squares: ~eps * cond(A); 100 for the dimension factors
+        assert max(errors) <= 100 * EPS * ref.cond, (b, errors, ref.cond)
+
+
+def test_rank_deficient_system_is_named(lane_calls):
+    """System 5 has zero coefficients and no initial values: t and t^2 are free."""
+    c, r, g, h = make_problem(5, batch=BATCH, T=6, E=2, D=1, O=3, Ti=1, Oi=2)
+    c[5] = 0.0
+    g = np.broadcast_to(g[:, :, :, :0], g.shape[:-1] + (0,)).copy()  # no initial values
+    c[:, 0] += 1.0  # keep the others well posed without initial values
+    with pytest.raises(bandsolve.FactorizationError, match=r"batch index \(5,\)"):
+        bandsolve.smnn_solve(c, r, g, h)
+    assert lane_calls.fallbacks == [1]
+    u = bandsolve.smnn_solve(c, r, g, h, check=False)
+    assert np.all(np.isnan(u[5]))
+    others = [i for i in range(BATCH[0]) if i != 5]
+    assert np.all(np.isfinite(u[others]))
+    keep = np.array(others)
+    _check_against_lstsq((c[keep], r[keep], g[keep], h[keep]), {}, u[keep])
+
+
+def test_sub_diagonal_structure():
+    """``L[t, t-1]`` is block upper triangular over d: 54 of 81 entries at D = O = 3."""
+    assert codegen.Layout(3, 3, 3).n_y == 54
+    assert codegen.Layout(1, 4, 1).n_y == 16
+
+
+def test_small_or_central_problems_stay_off_the_lanes():
+    lhs_like = type("L", (), dict(central=False, n_steps=10, block_size=6))
+    assert not lanes.applies(lhs_like, codegen.W)  # 80 block rows: not worth compiling
+    assert lanes.applies(lhs_like, 1000)
+    lhs_like.central = True
+    assert not lanes.applies(lhs_like, 1000)
