@@ -22,7 +22,7 @@ from helpers import make_problem, oracle_solve
 
 EPS = np.finfo(np.float64).eps
 # two lane groups, the second padded
-BATCH = (codegen.W + 1,)
+BATCH = (codegen.LANES + 1,)
 
 
 class _Calls(list):
@@ -94,6 +94,16 @@ def test_lane_solve_matches_lstsq(lane_calls, case, T):
         np.testing.assert_array_equal(a, b)  # inputs never modified
 
 
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_one_lane_build_for_small_batches(lane_calls, batch):
+    """Fewer systems than lanes: one system per group (straight-line scalar code)."""
+    assert lanes.lane_width(3) == 1 and lanes.lane_width(codegen.LANES) == codegen.LANES
+    problem = make_problem(6, batch=batch, T=9, E=2, D=2, O=3, Ti=1, Oi=2)
+    u = bandsolve.smnn_solve(*problem)
+    assert lane_calls and not lane_calls.fallbacks
+    _check_against_lstsq(problem, {}, u)
+
+
 def test_weights_and_float32(lane_calls):
     options = dict(weight_equation=0.5, weight_init=3.0, weight_smooth=2.0)
     problem = make_problem(4, batch=BATCH, T=6, E=2, D=2, O=3)
@@ -116,7 +126,7 @@ def test_ill_conditioned_systems_are_refined(lane_calls):
     ``CHOLESKY_MAX_STEPS = 0``): errors 1.1e-9, 2.0e-7, 7.4e-6, 2.2e-5, all above the
     bound below; with it: 1.5e-15 .. 2.2e-12."""
     rng = np.random.default_rng(7)
-    B, T, D, O, E = codegen.W, 12, 1, 4, 1
+    B, T, D, O, E = codegen.LANES, 12, 1, 4, 1
     c = rng.standard_normal((B, T, E, D, O))
     r = rng.standard_normal((B, T, E))
     g = rng.standard_normal((B, 1, D, 2))
@@ -157,7 +167,7 @@ def test_sub_diagonal_structure():
 
 def test_small_or_central_problems_stay_off_the_lanes():
     lhs_like = type("L", (), dict(central=False, n_steps=10, block_size=6))
-    assert not lanes.applies(lhs_like, codegen.W)  # 80 block rows: not worth compiling
+    assert not lanes.applies(lhs_like, codegen.LANES)  # 80 block rows: not worth compiling
     assert lanes.applies(lhs_like, 1000)
     lhs_like.central = True
     assert not lanes.applies(lhs_like, 1000)

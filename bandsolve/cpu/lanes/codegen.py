@@ -25,7 +25,9 @@ Kernels (all ``prange`` over lane groups, float64):
   convergence test needs (``|g_o|``, ``|x_o|``, ``|x_o| sqrt(M_kk)``).
 """
 
-W = 8  # lanes (systems) per group: two AVX2 / one AVX-512 float64 vector
+# lanes (systems) per group: two AVX2 / one AVX-512 float64 vector; 1 gives the
+# one-system straight-line kernels for small batches of long sequences
+LANES = 8
 
 # Diagonal blocks are stored packed (lower triangle, row-major) with 1/L_ii on the
 # diagonal, so that substitutions multiply instead of divide.
@@ -64,8 +66,8 @@ class Layout:
         self.y_slot = {rc: i for i, rc in enumerate(self.y_entries)}
         self.n_y = len(self.y_entries)
 
-    def key(self):
-        return f"d{self.D}_o{self.O}_e{self.E}_w{W}"
+    def key(self, width):
+        return f"d{self.D}_o{self.O}_e{self.E}_w{width}"
 
 
 def _sum(terms):
@@ -93,7 +95,7 @@ class _Body:
 
 
 def _ld(array, offset, k):
-    return f"{array}[g, {offset} + U({k * W}) + w]"
+    return f"{array}[g, {offset} + U({k} * W) + w]"
 
 
 def _taylor_entries(lay, body, array, offset, tag, flag):
@@ -225,14 +227,14 @@ def _factor_step(lay):
     rhs = [b.let(f"b_{i}", f"we2 * ({' + '.join(f'{c[e][i]} * {r[e]}' for e in range(E))})"
                  f" + pw_{i} * {gi[i]}") for i in range(n)]
     for i in range(n):
-        b(f"scale[g, os + U({i * W}) + w] = math.sqrt({m[i][i]})")
+        b(f"scale[g, os + U({i} * W) + w] = math.sqrt({m[i][i]})")
     s = [row[:] for row in m]
     if has_prev:
         Lp = _load_packed(lay, b, "carry_l", "U(0)", "lp")
         Y = _y_from(lay, b, Lp, _coupling(lay, b, tr_prev))
         for (rr, cc) in lay.y_entries:
             value = Y[rr][cc] if Y[rr][cc] is not None else "0.0"
-            b(f"ys[g, oy + U({lay.y_slot[(rr, cc)] * W}) + w] = {value}")
+            b(f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] = {value}")
         for i in range(n):
             for j in range(i + 1):
                 terms = [f"{Y[q][i]} * {Y[q][j]}" for q in range(n)
@@ -261,10 +263,10 @@ def _factor_step(lay):
     z = _forward_solve(lay, b, L, rhs, "z")
     for i in range(n):
         for j in range(i + 1):
-            b(f"lower[g, ol + U({packed(i, j) * W}) + w] = {L[i][j]}")
-            b(f"carry_l[g, U({packed(i, j) * W}) + w] = {L[i][j]}")
-        b(f"x[g, ox + U({i * W}) + w] = {z[i] if z[i] is not None else '0.0'}")
-        b(f"carry_z[g, U({i * W}) + w] = {z[i] if z[i] is not None else '0.0'}")
+            b(f"lower[g, ol + U({packed(i, j)} * W) + w] = {L[i][j]}")
+            b(f"carry_l[g, U({packed(i, j)} * W) + w] = {L[i][j]}")
+        b(f"x[g, ox + U({i} * W) + w] = {z[i] if z[i] is not None else '0.0'}")
+        b(f"carry_z[g, U({i} * W) + w] = {z[i] if z[i] is not None else '0.0'}")
     return b.lines
 
 
@@ -280,34 +282,34 @@ def _backward_step(lay, with_stats):
     if has_next:
         xn = [b.let(f"xn_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
         for rr in range(n):
-            terms = [f"ys[g, oy + U({lay.y_slot[(rr, cc)] * W}) + w] * {xn[cc]}"
+            terms = [f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] * {xn[cc]}"
                      for cc in range(n) if (rr, cc) in lay.y_slot]
             if terms:
                 vec[rr] = b.let(f"q_{rr}", f"{vec[rr]} - ({' + '.join(terms)})")
     out = _backward_solve(lay, b, L, vec, "o")
     for i in range(n):
         value = out[i] if out[i] is not None else "0.0"
-        b(f"v[g, ov + U({i * W}) + w] = {value}")
-        b(f"carry_z[g, U({i * W}) + w] = {value}")
+        b(f"v[g, ov + U({i} * W) + w] = {value}")
+        b(f"carry_z[g, U({i} * W) + w] = {value}")
     if with_stats:
         # stats slots: [0, O) max|g_o|, [O, 2O) max|x_o|, [2O, 3O) max|x_o| sqrt(M_kk),
         # 3O: all finite (1.0) or not (0.0)
-        b("fin = stats[g, U({}) + w]".format(3 * O * W))
+        b(f"fin = stats[g, U({3 * O} * W) + w]")
         for o in range(O):
             for slot in range(3):
-                b(f"st{slot}_{o} = stats[g, U({(slot * O + o) * W}) + w]")
+                b(f"st{slot}_{o} = stats[g, U({(slot * O + o)} * W) + w]")
         for i in range(n):
             o = i % O
-            b(f"ax_{i} = abs(x[g, ox + U({i * W}) + w])")
+            b(f"ax_{i} = abs(x[g, ox + U({i} * W) + w])")
             b(f"ag_{i} = abs({out[i] if out[i] is not None else '0.0'})")
             b(f"fin = fin * (ag_{i} < math.inf)")
             b(f"st0_{o} = max(st0_{o}, ag_{i})")
             b(f"st1_{o} = max(st1_{o}, ax_{i})")
-            b(f"st2_{o} = max(st2_{o}, ax_{i} * scale[g, os + U({i * W}) + w])")
+            b(f"st2_{o} = max(st2_{o}, ax_{i} * scale[g, os + U({i} * W) + w])")
         for o in range(O):
             for slot in range(3):
-                b(f"stats[g, U({(slot * O + o) * W}) + w] = st{slot}_{o}")
-        b("stats[g, U({}) + w] = fin".format(3 * O * W))
+                b(f"stats[g, U({(slot * O + o)} * W) + w] = st{slot}_{o}")
+        b(f"stats[g, U({3 * O} * W) + w] = fin")
     return b.lines
 
 
@@ -361,11 +363,11 @@ def _residual_step(lay, with_beta):
                         carried[k] = _sum([carried[k], f"{row[cidx]} * {res}"])
     gt = [b.let(f"gt_{i}", g[i]) for i in range(n)]
     for i in range(n):
-        b(f"carry_g[g, U({i * W}) + w] = {'-(' + carried[i] + ')' if carried[i] else '0.0'}")
+        b(f"carry_g[g, U({i} * W) + w] = {'-(' + carried[i] + ')' if carried[i] else '0.0'}")
     if has_prev:
         zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
         for i in range(n):
-            terms = [f"ys[g, oy + U({lay.y_slot[(q, i)] * W}) + w] * {zp[q]}"
+            terms = [f"ys[g, oy + U({lay.y_slot[(q, i)]} * W) + w] * {zp[q]}"
                      for q in range(n) if (q, i) in lay.y_slot]
             if terms:
                 gt[i] = b.let(f"u_{i}", f"{gt[i]} - ({' + '.join(terms)})")
@@ -373,8 +375,8 @@ def _residual_step(lay, with_beta):
     z = _forward_solve(lay, b, L, gt, "z")
     for i in range(n):
         value = z[i] if z[i] is not None else "0.0"
-        b(f"v[g, ov + U({i * W}) + w] = {value}")
-        b(f"carry_z[g, U({i * W}) + w] = {value}")
+        b(f"v[g, ov + U({i} * W) + w] = {value}")
+        b(f"carry_z[g, U({i} * W) + w] = {value}")
     return b.lines
 
 
@@ -415,11 +417,11 @@ def _pins(n):
     return [f"pw_{i} = pins[t * N + {i}]" for i in range(n)]
 
 
-def generate(n_dims, n_orders, n_equations):
-    """Python source of the lane kernels for shape ``(D, O, E)``."""
+def generate(n_dims, n_orders, n_equations, width=LANES):
+    """Python source of the lane kernels for shape ``(D, O, E)`` and ``width`` lanes."""
     lay = Layout(n_dims, n_orders, n_equations)
     n = lay.n
-    src = [_HEADER.format(D=lay.D, O=lay.O, E=lay.E, W=W, n=n, n_packed=lay.n_packed,
+    src = [_HEADER.format(D=lay.D, O=lay.O, E=lay.E, W=width, n=n, n_packed=lay.n_packed,
                           n_y=lay.n_y, n_taylor=lay.n_taylor)]
 
     step_offsets = ["tt = U(t)", "last = t == T - 1",

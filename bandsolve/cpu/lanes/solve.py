@@ -31,20 +31,18 @@ import numba
 import numpy as np
 
 from ..._jit import jit_kernel
-from ...formulation import taylor_rows
 from ...kernels.banded import CHOLESKY_PIVOT_TOL
 from ...kernels.residual import ACCEPT_CORRECTION
 from ..accurate import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, EPS, INVISIBLE_ORDER,
                         accurate_factor_solve_kernel)
 from . import codegen
-from .codegen import W
 
 # Largest block the generated code is made for: the straight-line code of one step grows
 # like n^3 (n = 9: ~1.5k statements per kernel, ~30 s to compile once per machine).
 MAX_BLOCK = 10
-# Fewer systems than this leave most lanes of the only group empty; below this many block
-# rows in all, the one-time compilation of a new shape is not worth it.
-MIN_SYSTEMS = W
+# Below this many block rows in all, the one-time compilation of a new shape is not
+# worth it. Batches of fewer than ``codegen.LANES`` systems (which would leave most lanes
+# of a group empty) use the one-lane build: straight-line code for one system.
 MIN_BLOCK_ROWS = 4096
 
 _modules = {}
@@ -66,15 +64,15 @@ def cache_folder():
     return tempfile.mkdtemp(prefix="bandsolve-")
 
 
-def kernels(n_dims, n_orders, n_equations):
-    """The generated module for shape ``(D, O, E)`` (generated, written and imported
-    once per process; compiled once per machine)."""
-    key = (n_dims, n_orders, n_equations)
+def kernels(n_dims, n_orders, n_equations, width):
+    """The generated module for shape ``(D, O, E)`` and ``width`` lanes (generated,
+    written and imported once per process; compiled once per machine)."""
+    key = (n_dims, n_orders, n_equations, width)
     with _lock:
         if key not in _modules:
             source = codegen.generate(*key)
             digest = hashlib.sha1(source.encode()).hexdigest()[:12]
-            name = f"bandsolve_lanes_{codegen.Layout(*key).key()}_{digest}"
+            name = f"bandsolve_lanes_{codegen.Layout(*key[:3]).key(width)}_{digest}"
             path = os.path.join(cache_folder(), name + ".py")
             if not os.path.exists(path):  # never rewritten: its mtime keys Numba's cache
                 partial = f"{path}.{os.getpid()}.tmp"
@@ -92,40 +90,117 @@ def kernels(n_dims, n_orders, n_equations):
 def applies(lhs, n_systems):
     """Whether the lane kernels take this problem (``n_systems`` systems, one right-hand
     side each)."""
-    return (not lhs.central and n_systems >= MIN_SYSTEMS
-            and n_systems * lhs.n_steps >= MIN_BLOCK_ROWS and lhs.block_size <= MAX_BLOCK)
+    return (not lhs.central and n_systems * lhs.n_steps >= MIN_BLOCK_ROWS
+            and lhs.block_size <= MAX_BLOCK)
+
+
+def lane_width(n_systems):
+    """Systems per group: full vector groups, or one system per group for small batches."""
+    return codegen.LANES if n_systems >= codegen.LANES else 1
+
+
+def _taylor_slots(lay):
+    """``(power, factor)`` per Taylor-row slot of the lane kernels: the entry is
+    ``factor * h**power`` (``formulation.taylor_rows``: ``h^o / (o-k)!`` forward,
+    ``(-h)^o / (o-k)!`` backward, ``-h^k`` / ``-(-h)^k`` on the other step)."""
+    power, factor = [], []
+    O = lay.O
+    for q, entries in enumerate(lay.taylor):
+        k, backward = q % O, q >= O
+        for c, _ in entries:
+            o = c % O
+            if (c >= O) == backward:  # the row's own step: h^o / (o-k)!
+                sign = (-1.0) ** o if backward else 1.0
+                power.append(o)
+                factor.append(sign / math.factorial(o - k))
+            else:  # the other step: -h^k, or -(-h)^k backward
+                power.append(k)
+                factor.append(-((-1.0) ** k) if backward else -1.0)
+    return np.array(power, dtype=np.int64), np.array(factor)
 
 
 @jit_kernel
-def _taylor_table(steps, n_orders, ws, row_of, col_of, out):
-    """``out[b, i, s] = ws * rows[row_of[s], col_of[s]]`` of step ``steps[b, i]`` (the
-    non-zero Taylor rows' entries in the lane kernels' order), recomputed only when the
-    step size changes."""
-    n_k = n_orders
-    for b in numba.prange(steps.shape[0]):
-        rows = np.empty((2 * n_k, 2 * n_orders))
-        drows = np.empty_like(rows)
-        last = np.nan
-        for i in range(steps.shape[1]):
-            h = steps[b, i]
-            if h != last:
-                taylor_rows(h, n_orders, n_k, rows, drows)
-                last = h
-            for s in range(row_of.shape[0]):
-                out[b, i, s] = ws * rows[row_of[s], col_of[s]]
+def _stage(first, n_systems, coefficients, steps, rhs, rhs_index, init, init_index,
+           n_orders, n_init_steps, n_init_orders, ws, power, factor, W, c_l, r_l, g_l, t_l):
+    """Lane layout of the inputs of groups ``first, first+1, ...`` (``c_l.shape[0]`` of
+    them; lanes past the last system repeat it): coefficients ``(Tc, E*n)``, rhs
+    ``(Tr, E)``, initial values ``(Ti', n)`` (zero where nothing is pinned) and the Taylor
+    rows' entries ``(Th', NT)`` (``ws * factor * h**power``), each ``(..., W)``."""
+    n_equations, n = coefficients.shape[2], coefficients.shape[3]
+    en = n_equations * n
+    n_slots = power.shape[0]
+    for gl in numba.prange(c_l.shape[0]):
+        powers = np.empty(n_orders)
+        for w in range(W):
+            b = min((first + gl) * W + w, n_systems - 1)
+            c = coefficients[b]
+            for t in range(c.shape[0]):
+                for e in range(n_equations):
+                    for a in range(n):
+                        c_l[gl, (t * en + e * n + a) * W + w] = c[t, e, a]
+            r = rhs[rhs_index[b]]
+            for t in range(r.shape[0]):
+                for e in range(r.shape[1]):
+                    r_l[gl, (t * r.shape[1] + e) * W + w] = r[t, e]
+            gi = init[init_index[b]]
+            for t in range(g_l.shape[1] // (n * W)):
+                for k in range(n):
+                    o = k % n_orders
+                    pinned = t < n_init_steps and o < n_init_orders
+                    g_l[gl, (t * n + k) * W + w] = gi[t, k // n_orders, o] if pinned else 0.0
+            h = steps[b]
+            for i in range(h.shape[0]):
+                value = ws
+                for o in range(n_orders):  # ws * h^o
+                    powers[o] = value
+                    value *= h[i]
+                for s in range(n_slots):
+                    t_l[gl, (i * n_slots + s) * W + w] = factor[s] * powers[power[s]]
 
 
-def _lanes(array, n_groups):
-    """``(G*W, ...)`` -> lane layout ``(G, prod(...)*W)``: quantity-major, lane last."""
-    shaped = array.reshape((n_groups, W) + array.shape[1:])
-    moved = np.moveaxis(shaped, 1, -1)
-    return np.ascontiguousarray(moved).reshape(n_groups, -1)
+@jit_kernel
+def _unstage(first, n_systems, W, x_l, out):
+    """``out[b] (T, n)`` from the lane layout of groups ``first, ...``."""
+    n_steps, n = out.shape[1], out.shape[2]
+    for gl in numba.prange(x_l.shape[0]):
+        for w in range(W):
+            b = (first + gl) * W + w
+            if b < n_systems:
+                for t in range(n_steps):
+                    for k in range(n):
+                        out[b, t, k] = x_l[gl, (t * n + k) * W + w]
 
 
-def _from_lanes(array, n_groups, shape):
-    """Inverse of :func:`_lanes` for per-system shape ``shape``."""
-    shaped = array.reshape((n_groups,) + shape + (W,))
-    return np.moveaxis(shaped, -1, 1).reshape((n_groups * W,) + shape)
+@jit_kernel
+def _add_correction(x, v, apply):
+    """``x += v`` in the lanes with ``apply`` 1 (``(G, W)``)."""
+    W = apply.shape[1]
+    for gl in numba.prange(x.shape[0]):
+        for i in range(x.shape[1] // W):
+            for w in range(W):
+                if apply[gl, w] != 0.0:
+                    x[gl, i * W + w] += v[gl, i * W + w]
+
+
+# Scratch of one batch of groups at most this large (bytes): small enough to stay in the
+# last-level cache between the sweeps, kept between calls by the calling thread so that
+# large solves do not pay fresh page faults every time.
+SCRATCH_BYTES = 1 << 27
+_workspace = threading.local()
+
+
+def _scratch(name, shape):
+    """A reusable float64 array ``shape`` (contents undefined), one per calling thread."""
+    size = math.prod(shape)
+    buffers = getattr(_workspace, "buffers", None)
+    if buffers is None:
+        buffers = _workspace.buffers = {}
+    buffer = buffers.get(name)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size)
+        if size * 8 <= SCRATCH_BYTES:
+            buffers[name] = buffer
+    return buffer[:size].reshape(shape)
 
 
 def _relative_correction(stats, n_orders):
@@ -153,53 +228,78 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index):
     coefficients, steps = lhs.coefficients, lhs.steps
     B, Tc, E, n = coefficients.shape
     T, D = lhs.n_steps, n // O
-    mod = kernels(D, O, E)
+    W = lane_width(B)
+    mod = kernels(D, O, E, W)
     lay = codegen.Layout(D, O, E)
-    G = -(-B // W)
-    pad = np.minimum(np.arange(G * W), B - 1)  # the last system repeated
+    power, factor = _taylor_slots(lay)
     U = np.uint64
-
-    c_l = _lanes(coefficients[pad].reshape(G * W, Tc, E * n), G)
-    cs = U(E * n * W if Tc > 1 else 0)
-    r_sys = rhs_flat[rhs_index[pad]]
-    r_l = _lanes(r_sys, G)
-    rs = U(E * W if r_sys.shape[1] > 1 else 0)
+    Tr, Th = rhs_flat.shape[1], steps.shape[1]
     n_init = max(Ti, 1)
-    g_sys = np.zeros((G * W, n_init, D, O))
-    if Ti and Oi:
-        g_sys[:, :Ti, :, :Oi] = init_flat[init_index[pad]][:, :Ti, :, :Oi]
-    g_l = _lanes(g_sys.reshape(G * W, n_init, n), G)
-    gs = U(n * W)
+    # per-step sizes of each lane array (its step axis broadcasts when of length 1)
+    sizes = dict(c=Tc * E * n, r=Tr * E, g=n_init * n, t=max(Th, 1) * lay.n_taylor,
+                 lower=T * lay.n_packed, ys=(T + 1) * lay.n_y, x=T * n, scale=T * n,
+                 v=T * n)
+    per_group = 8 * W * sum(sizes.values())
+    n_groups = -(-B // W)
+    threads = numba.get_num_threads()
+    batch = max(1, min(n_groups, SCRATCH_BYTES // per_group))
+    if batch >= threads:
+        batch -= batch % threads
     pins = np.zeros((T, D, O))
     pins[:Ti, :, :Oi] = wi2
     pins = pins.reshape(-1)
-    row_of = np.array([q for q, entries in enumerate(lay.taylor) for _ in entries])
-    col_of = np.array([c for entries in lay.taylor for c, _ in entries])
-    Th = steps.shape[1]
-    table = np.zeros((B, max(Th, 1), lay.n_taylor))
-    if Th:
-        _taylor_table.for_batch(B, Th)(steps, O, math.sqrt(ws2), row_of, col_of, table)
-    t_l = _lanes(table[pad], G)
-    hs = U(lay.n_taylor * W if Th > 1 else 0)
+    strides = dict(cs=U(E * n * W if Tc > 1 else 0), rs=U(E * W if Tr > 1 else 0),
+                   gs=U(n * W), hs=U(lay.n_taylor * W if Th > 1 else 0))
+    x_out = np.empty((B, T, n))
+    status_out = np.empty(n_groups * W, dtype=np.int64)
+    for first in range(0, n_groups, batch):
+        G = min(batch, n_groups - first)
+        a = {name: _scratch(name, (G, size * W)) for name, size in sizes.items()}
+        if not Th:
+            a["t"][:] = 0.0
+        _stage.for_batch(G * W, T)(first, B, coefficients, steps, rhs_flat, rhs_index,
+                                   init_flat, init_index, O, Ti, Oi, math.sqrt(ws2), power,
+                                   factor, W, a["c"], a["r"], a["g"], a["t"])
+        status_out[first * W:(first + G) * W] = _solve_groups(
+            mod, lay, G, T, W, a, strides, n_init, pins, we2, O).reshape(-1)
+        _unstage.for_batch(G * W, T)(first, B, W, a["x"], x_out)
 
-    lower = np.empty((G, T * lay.n_packed * W))
-    ys = np.zeros((G, (T + 1) * lay.n_y * W))  # step T: zero (the backward sweep's start)
-    x = np.empty((G, T * n * W))
-    scale = np.empty((G, T * n * W))
+    info = np.zeros(B, dtype=np.int64)
+    failed = np.flatnonzero(status_out[:B] != CONVERGED)
+    if failed.size:
+        sub_lower = np.empty((failed.size, T, lhs.bandwidth + 1, n, n))
+        sub_info = np.zeros(failed.size, dtype=np.int64)
+        sub_x = np.empty((failed.size, T, n))
+        sub_index = np.arange(failed.size)
+        accurate_factor_solve_kernel.for_batch(failed.size, T)(
+            coefficients[failed], steps[failed],
+            rhs_flat[rhs_index[failed]], sub_index, init_flat[init_index[failed]], sub_index,
+            O, Ti, Oi, we2, wi2, ws2, central, sub_lower, sub_info, sub_x)
+        x_out[failed] = sub_x
+        info[failed] = sub_info
+    return x_out, info
+
+
+def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, n_orders):
+    """Factor, solve and refine ``G`` staged groups in place (solution in ``a["x"]``);
+    returns the lanes' status ``(G, W)``."""
+    n = lay.n
+    inputs = (a["c"], strides["cs"], a["r"], strides["rs"], a["g"], strides["gs"], n_init,
+              a["t"], strides["hs"], pins, we2)
+    lower, ys, x, scale, v = a["lower"], a["ys"], a["x"], a["scale"], a["v"]
     ok = np.ones((G, W))
     carry_l = np.zeros((G, lay.n_packed * W))
     carry_z = np.zeros((G, n * W))
-    inputs = (c_l, cs, r_l, rs, g_l, gs, n_init, t_l, hs, pins, we2)
+    carry_g = np.zeros((G, n * W))
+    ys[:, T * lay.n_y * W:] = 0.0  # step T: the backward sweep's zero start
     # every sweep starts from zero carries (no step before the first / after the last)
     mod.factor_forward(G, T, *inputs, CHOLESKY_PIVOT_TOL, lower, ys, x, scale, ok, carry_l,
                        carry_z)
-    stats = np.zeros((G, (3 * O + 1) * W))
+    stats = np.zeros((G, (3 * n_orders + 1) * W))
     carry_z[:] = 0.0
     mod.backward(G, T, lower, ys, x, x, scale, stats, carry_z)
 
     status = np.where(ok == 1.0, RUNNING, FAILED)
-    v = np.empty_like(x)
-    carry_g = np.zeros((G, n * W))
     previous = np.full((G, W), math.inf)
     correction = np.zeros((G, W))
     for step in range(CHOLESKY_MAX_STEPS):
@@ -208,14 +308,14 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index):
         mod.residual_forward(G, T, *inputs, x, x, lower, ys, v, carry_g, carry_z)
         carry_z[:] = 0.0
         stats[:] = 0.0
-        stats.reshape(G, -1, W)[:, 3 * O] = 1.0
+        stats.reshape(G, -1, W)[:, 3 * n_orders] = 1.0
         mod.correction_backward(G, T, lower, ys, v, x, scale, stats, carry_z)
         correction = np.where(status == RUNNING,
-                              _relative_correction(stats.reshape(G, -1, W), O), correction)
+                              _relative_correction(stats.reshape(G, -1, W), n_orders),
+                              correction)
         running = status == RUNNING
         status = np.where(running & (correction == math.inf), FAILED, status)
-        apply = (status == RUNNING).astype(np.float64)
-        x.reshape(G, -1, W)[:] += v.reshape(G, -1, W) * apply[:, None, :]
+        _add_correction.for_batch(G * W, T)(x, v, (status == RUNNING).astype(np.float64))
         running = status == RUNNING
         if step == 0:
             status = np.where(running & (correction > CHOLESKY_FIRST_CORRECTION), FAILED,
@@ -231,23 +331,5 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index):
         previous = np.where(status == RUNNING, correction, previous)
         if not np.any(status == RUNNING):
             break
-    status = np.where(status == RUNNING,
-                      np.where(correction <= ACCEPT_CORRECTION, CONVERGED, FAILED), status)
-
-    x_sys = _from_lanes(x, G, (T, n))[:B]
-    lane_status = status.reshape(-1)[:B]
-    info = np.zeros(B, dtype=np.int64)
-    failed = np.flatnonzero(lane_status != CONVERGED)
-    if failed.size:
-        x_sys = np.array(x_sys)
-        sub_lower = np.empty((failed.size, T, lhs.bandwidth + 1, n, n))
-        sub_info = np.zeros(failed.size, dtype=np.int64)
-        sub_x = np.empty((failed.size, T, n))
-        sub_index = np.arange(failed.size)
-        accurate_factor_solve_kernel.for_batch(failed.size, T)(
-            coefficients[failed], steps[failed],
-            rhs_flat[rhs_index[failed]], sub_index, init_flat[init_index[failed]], sub_index,
-            O, Ti, Oi, we2, wi2, ws2, central, sub_lower, sub_info, sub_x)
-        x_sys[failed] = sub_x
-        info[failed] = sub_info
-    return x_sys, info
+    return np.where(status == RUNNING,
+                    np.where(correction <= ACCEPT_CORRECTION, CONVERGED, FAILED), status)
