@@ -40,15 +40,24 @@ def lane_calls(monkeypatch):
     calls.fallbacks = []
     real, host = lanes.lane_solve, lanes.accurate_factor_solve_kernel
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         calls.append(args[0].n_steps)
-        return real(*args)
+        return real(*args, **kwargs)
 
     class HostSpy:
         def for_batch(self, n_systems, n_steps):
             calls.fallbacks.append(n_systems)
             return host.for_batch(n_systems, n_steps)
 
+    real_plain = lanes.LaneFactor.solve
+
+    def plain_spy(self, extra):
+        y, ok = real_plain(self, extra)
+        calls.plain_solved.append(int(ok.sum()))
+        return y, ok
+
+    calls.plain_solved = []
+    monkeypatch.setattr(lanes.LaneFactor, "solve", plain_spy)
     monkeypatch.setattr(lanes, "MIN_BLOCK_ROWS", 1)
     monkeypatch.setattr(lanes, "lane_solve", spy)
     monkeypatch.setattr(lanes, "accurate_factor_solve_kernel", HostSpy())
@@ -171,3 +180,64 @@ def test_small_or_central_problems_stay_off_the_lanes():
     assert lanes.applies(lhs_like, 1000)
     lhs_like.central = True
     assert not lanes.applies(lhs_like, 1000)
+
+
+def _directional_derivative(problem, index, direction, ubar, eps=1e-6):
+    """``d/ds <ubar, u_lstsq(problem with input[index] + s*direction)>`` at 0 by a
+    fourth-order central difference of the lstsq oracle (independent of bandsolve)."""
+    def value(s):
+        moved = list(problem)
+        moved[index] = problem[index] + s * direction
+        return float(np.sum(ubar * oracle_solve(*moved)[0]))
+    return (8 * (value(eps) - value(-eps)) - (value(2 * eps) - value(-2 * eps))) / (12 * eps)
+
+
+def test_vjp_in_the_lanes_matches_finite_differences(lane_calls):
+    """``smnn_solve_vjp`` keeps the lane factor and solves ``M y = ubar`` in the lanes."""
+    problem = make_problem(8, batch=BATCH, T=6, E=2, D=2, O=3, Ti=1, Oi=2)
+    rng = np.random.default_rng(9)
+    u, vjp = bandsolve.smnn_solve_vjp(*problem)
+    assert lane_calls and not lane_calls.fallbacks
+    _check_against_lstsq(problem, {}, u)
+    ubar = rng.standard_normal(u.shape)
+    grads = vjp(ubar)
+    assert len(lane_calls) == 1  # the backward pass did not factor again
+    assert lane_calls.plain_solved == [BATCH[0]]  # every M y = ubar solved in the lanes
+    for index, grad in enumerate(grads):
+        assert grad.shape == problem[index].shape
+        direction = rng.standard_normal(grad.shape)
+        expected = _directional_derivative(problem, index, direction, ubar)
+        # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
+        assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
+            index, np.sum(grad * direction), expected)
+
+
+def test_lane_factor_in_host_layout(lane_calls):
+    """``factorization.lower`` rebuilt from the lanes is a Cholesky factor of M (the
+    dense normal matrix of the rows, built by the test helpers)."""
+    from helpers import oracle_normal_equations
+    from bandsolve._adapters import smnn_factor_solve
+
+    problem = make_problem(10, batch=BATCH, T=5, E=2, D=2, O=3, Ti=1, Oi=2)
+    u, factorization = smnn_factor_solve(*problem)
+    assert lane_calls and not lane_calls.fallbacks
+    M, *_ = oracle_normal_equations(*problem)
+    lower = factorization.lower
+    for b in range(BATCH[0]):
+        L = _band_lower(lower[b])
+        np.testing.assert_allclose(L @ L.T, M[b], rtol=0, atol=1e-12 * np.abs(M[b]).max())
+    # new right-hand sides go through the host layout
+    u2 = factorization.solve(problem[1], problem[2])
+    np.testing.assert_allclose(u2, u, rtol=0, atol=1e-12 * np.abs(u).max())
+
+
+def _band_lower(blocks):
+    """Dense block lower-triangular L from host blocks ``(T, 2, n, n)`` (diagonal blocks'
+    upper triangles ignored)."""
+    T, _, n, _ = blocks.shape
+    L = np.zeros((T * n, T * n))
+    for t in range(T):
+        L[t * n:(t + 1) * n, t * n:(t + 1) * n] = np.tril(blocks[t, 0])
+        if t:
+            L[t * n:(t + 1) * n, (t - 1) * n:t * n] = blocks[t, 1]
+    return L

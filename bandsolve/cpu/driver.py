@@ -507,6 +507,50 @@ central_smoothness=False, dtype=float64)
         return tuple(g.astype(lhs.dtype, copy=False) for g in grads)
 
 
+class _LaneFactorization(SMNNFactorization):
+    """An :class:`SMNNFactorization` made by the lane kernels: the factor stays in their
+    layout (:class:`bandsolve.cpu.lanes.solve.LaneFactor`), where the VJP's second solve
+    ``M y = ubar`` runs too; the host block layout is built only when something asks for
+    it (``lower``, new right-hand sides, systems the lanes could not solve)."""
+
+    def __init__(self, lhs, lane_factor, status, check):
+        self._lane_factor = lane_factor
+        self._host_cholesky = None
+        super().__init__(lhs, None, status, check)
+
+    @property
+    def cholesky(self):
+        if self._host_cholesky is None:
+            self._host_cholesky = BlockCholesky._trusted(self._lane_factor.lower(),
+                                                         self._lhs.batch_shape)
+        return self._host_cholesky
+
+    @cholesky.setter
+    def cholesky(self, value):
+        if value is not None:
+            self._host_cholesky = value
+
+    def _refined(self, rhs_flat, rhs_index, init_flat, init_index, lhs_index, x,
+                 extra=None):
+        n_lhs = self._lhs.coefficients.shape[0]
+        if (extra is None or x.shape[0] != n_lhs
+                or not np.array_equal(lhs_index, np.arange(n_lhs))):
+            return super()._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index,
+                                    x, extra)
+        y, ok = self._lane_factor.solve(extra)
+        redo = np.flatnonzero(~ok)
+        redo_extra = np.array(extra[redo])  # before x (which may be extra) is overwritten
+        x[...] = y
+        status = np.zeros(n_lhs, dtype=np.int64)
+        if redo.size:
+            redo_x = redo_extra.copy()
+            status[redo] = super()._refined(rhs_flat, rhs_index[redo], init_flat,
+                                            init_index[redo], lhs_index[redo], redo_x,
+                                            redo_extra)
+            x[redo] = redo_x
+        return status
+
+
 def _host_problem(coefficients, rhs, init, steps, **options):
     """Validate a full host problem (structure, then values); returns
     ``(lhs, rhs, init, batch)`` with the flattened left-hand side, rhs and init in the
@@ -565,7 +609,13 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
         if check:
             _raise_if_failed(info, lhs.batch_shape)
         return _shape_solution(lhs, x, batch), None, None
-    if fused:
+    if fused and lanes.applies(lhs, math.prod(batch)):
+        x, info, lane_factor = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat,
+                                                init_index, keep=True)
+        if check:
+            _raise_if_failed(info, lhs.batch_shape)
+        factorization = _LaneFactorization(lhs, lane_factor, np.maximum(info, 0), check)
+    elif fused:
         # one right-hand side per left-hand side: factor, solve and refine each system in
         # one pass while its factor is still in cache
         lower = lhs.empty_blocks()

@@ -34,7 +34,7 @@ from ..._jit import jit_kernel
 from ...kernels.banded import CHOLESKY_PIVOT_TOL
 from ...kernels.residual import ACCEPT_CORRECTION
 from ..accurate import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, EPS, INVISIBLE_ORDER,
-                        accurate_factor_solve_kernel)
+                        QR_MAX_STEPS, accurate_factor_solve_kernel)
 from . import codegen
 
 # Largest block the generated code is made for: the straight-line code of one step grows
@@ -221,9 +221,12 @@ def _relative_correction(stats, n_orders):
 RUNNING, CONVERGED, FAILED = 0, 1, 2
 
 
-def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index):
+def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
     """``(x, info)`` for a batch whose left-hand-side batch is the full batch: x
-    ``(B, T, n)`` float64 (NaN for failed systems), info ``(B,)`` as the host kernel's."""
+    ``(B, T, n)`` float64 (NaN for failed systems), info ``(B,)`` as the host kernel's.
+
+    ``keep``: return ``(x, info, factor)``, with ``factor`` a :class:`LaneFactor` that
+    solves ``M y = ubar`` (the VJP's second solve) with the same lane factors."""
     O, Ti, Oi, we2, wi2, ws2, central = lhs.kernel_scalars()
     coefficients, steps = lhs.coefficients, lhs.steps
     B, Tc, E, n = coefficients.shape
@@ -245,6 +248,8 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index):
     batch = max(1, min(n_groups, SCRATCH_BYTES // per_group))
     if batch >= threads:
         batch -= batch % threads
+    if keep:  # the factor of every group is kept: one batch, its own arrays
+        batch = n_groups
     pins = np.zeros((T, D, O))
     pins[:Ti, :, :Oi] = wi2
     pins = pins.reshape(-1)
@@ -254,7 +259,8 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index):
     status_out = np.empty(n_groups * W, dtype=np.int64)
     for first in range(0, n_groups, batch):
         G = min(batch, n_groups - first)
-        a = {name: _scratch(name, (G, size * W)) for name, size in sizes.items()}
+        a = {name: np.empty((G, size * W)) if keep else _scratch(name, (G, size * W))
+             for name, size in sizes.items()}
         if not Th:
             a["t"][:] = 0.0
         _stage.for_batch(G * W, T)(first, B, coefficients, steps, rhs_flat, rhs_index,
@@ -266,6 +272,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index):
 
     info = np.zeros(B, dtype=np.int64)
     failed = np.flatnonzero(status_out[:B] != CONVERGED)
+    sub_lower = np.empty((0, T, lhs.bandwidth + 1, n, n))
     if failed.size:
         sub_lower = np.empty((failed.size, T, lhs.bandwidth + 1, n, n))
         sub_info = np.zeros(failed.size, dtype=np.int64)
@@ -277,7 +284,87 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index):
             O, Ti, Oi, we2, wi2, ws2, central, sub_lower, sub_info, sub_x)
         x_out[failed] = sub_x
         info[failed] = sub_info
-    return x_out, info
+    if not keep:
+        return x_out, info
+    factor = LaneFactor(mod, lay, T, W, B, a, strides, n_init, pins, we2, failed, sub_lower)
+    return x_out, info, factor
+
+
+@jit_kernel
+def _to_lanes(values, W, out):
+    """Lane layout ``(G, T*n*W)`` of values ``(B, T, n)`` (lanes past B: zero)."""
+    n_systems, n_steps, n = values.shape
+    for gl in numba.prange(out.shape[0]):
+        for w in range(W):
+            b = gl * W + w
+            for t in range(n_steps):
+                for k in range(n):
+                    out[gl, (t * n + k) * W + w] = values[b, t, k] if b < n_systems else 0.0
+
+
+class LaneFactor:
+    """The lane factors of a batch kept after :func:`lane_solve` (``keep=True``), with
+    the staged left-hand-side inputs, for the VJP's second solve ``M y = ubar``.
+
+    ``failed`` lists the systems the lanes could not factor, whose host factors (Cholesky
+    or row QR, ``(k, T, p+1, n, n)``) are ``host_lower``; :meth:`lower` rebuilds the
+    factor of every system in the host's block layout.
+    """
+
+    def __init__(self, mod, lay, n_steps, width, n_systems, arrays, strides, n_init, pins,
+                 we2, failed, host_lower):
+        self._mod, self._lay, self._T, self._W, self._B = mod, lay, n_steps, width, n_systems
+        self._a, self._strides, self._n_init, self._pins, self._we2 = (
+            arrays, strides, n_init, pins, we2)
+        self.failed, self.host_lower = failed, host_lower
+
+    def lower(self):
+        """The factor ``L`` of every system, ``(B, T, 2, n, n)`` (host block layout:
+        ``L[t, 1] = L[t, t-1] = Y_t^T``; the diagonal blocks unpacked)."""
+        lay, T, W, n = self._lay, self._T, self._W, self._lay.n
+        G = self._a["lower"].shape[0]
+        packed = self._a["lower"].reshape(G, T, lay.n_packed, W)
+        ys = self._a["ys"].reshape(G, T + 1, lay.n_y, W)[:, :T]
+        out = np.zeros((G, W, T, 2, n, n))
+        for i in range(n):
+            for j in range(i + 1):
+                value = packed[:, :, codegen.packed(i, j)]
+                out[:, :, :, 0, i, j] = np.moveaxis(1.0 / value if i == j else value, -1, 1)
+        for slot, (r, c) in enumerate(lay.y_entries):
+            out[:, :, :, 1, c, r] = np.moveaxis(ys[:, :, slot], -1, 1)
+        out = out.reshape((G * W, T, 2, n, n))[:self._B]
+        out[self.failed] = self.host_lower
+        return out
+
+    def solve(self, extra):
+        """``y = M^{-1} extra`` refined, extra ``(B, T, n)``; returns ``(y, ok)`` with
+        ``ok`` ``(B,)`` False for the systems the caller must solve with the host
+        factor (the lanes' failed systems and those whose refinement failed)."""
+        mod, lay, T, W = self._mod, self._lay, self._T, self._W
+        a, st = self._a, self._strides
+        G, n = a["lower"].shape[0], lay.n
+        e_l = np.empty((G, T * n * W))
+        _to_lanes.for_batch(G * W, T)(extra, W, e_l)
+        inputs = (a["c"], st["cs"], a["r"], st["rs"], a["g"], st["gs"], self._n_init,
+                  a["t"], st["hs"], self._pins, self._we2)
+        y = np.zeros((G, T * n * W))
+        v = np.empty_like(y)
+        carry_g = np.zeros((G, n * W))
+        carry_z = np.zeros((G, n * W))
+        stats = np.zeros((G, (3 * lay.O + 1) * W))
+        # y = M^{-1} extra: the plain residual of y = 0 is extra itself
+        mod.plain_residual_forward(G, T, *inputs, y, e_l, a["lower"], a["ys"], v, carry_g,
+                                   carry_z)
+        carry_z[:] = 0.0
+        mod.backward(G, T, a["lower"], a["ys"], v, v, a["scale"], stats, carry_z)
+        y, v = v, y
+        status = _refine_groups(mod, lay, G, T, W, inputs, a, y, v, e_l,
+                                QR_MAX_STEPS, math.inf, np.full((G, W), RUNNING))
+        out = np.empty((self._B, T, n))
+        _unstage.for_batch(G * W, T)(0, self._B, W, y, out)
+        ok = status.reshape(-1)[:self._B] == CONVERGED
+        ok[self.failed] = False
+        return out, ok
 
 
 def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, n_orders):
@@ -290,7 +377,6 @@ def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, n_orders):
     ok = np.ones((G, W))
     carry_l = np.zeros((G, lay.n_packed * W))
     carry_z = np.zeros((G, n * W))
-    carry_g = np.zeros((G, n * W))
     ys[:, T * lay.n_y * W:] = 0.0  # step T: the backward sweep's zero start
     # every sweep starts from zero carries (no step before the first / after the last)
     mod.factor_forward(G, T, *inputs, CHOLESKY_PIVOT_TOL, lower, ys, x, scale, ok, carry_l,
@@ -299,17 +385,31 @@ def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, n_orders):
     carry_z[:] = 0.0
     mod.backward(G, T, lower, ys, x, x, scale, stats, carry_z)
 
-    status = np.where(ok == 1.0, RUNNING, FAILED)
+    return _refine_groups(mod, lay, G, T, W, inputs, a, x, v, None, CHOLESKY_MAX_STEPS,
+                          CHOLESKY_FIRST_CORRECTION, np.where(ok == 1.0, RUNNING, FAILED))
+
+
+def _refine_groups(mod, lay, G, T, W, inputs, a, x, v, extra, max_steps, first_limit,
+                   status):
+    """Refinement ``x += M^{-1} (A^T (beta - A x))`` (``extra`` None), or of the plain
+    system ``M x = extra``, lane by lane with the host's stopping rule
+    (:func:`bandsolve.cpu.accurate.refine`); returns the lanes' status ``(G, W)``."""
+    n, n_orders = lay.n, lay.O
+    carry_z = np.zeros((G, n * W))
+    carry_g = np.zeros((G, n * W))
+    stats = np.zeros((G, (3 * n_orders + 1) * W))
+    residual = mod.residual_forward if extra is None else mod.plain_residual_forward
+    extra = x if extra is None else extra  # (unused by the least-squares residual)
     previous = np.full((G, W), math.inf)
     correction = np.zeros((G, W))
-    for step in range(CHOLESKY_MAX_STEPS):
+    for step in range(max_steps):
         carry_g[:] = 0.0
         carry_z[:] = 0.0
-        mod.residual_forward(G, T, *inputs, x, x, lower, ys, v, carry_g, carry_z)
+        residual(G, T, *inputs, x, extra, a["lower"], a["ys"], v, carry_g, carry_z)
         carry_z[:] = 0.0
         stats[:] = 0.0
         stats.reshape(G, -1, W)[:, 3 * n_orders] = 1.0
-        mod.correction_backward(G, T, lower, ys, v, x, scale, stats, carry_z)
+        mod.correction_backward(G, T, a["lower"], a["ys"], v, x, a["scale"], stats, carry_z)
         correction = np.where(status == RUNNING,
                               _relative_correction(stats.reshape(G, -1, W), n_orders),
                               correction)
@@ -318,8 +418,7 @@ def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, n_orders):
         _add_correction.for_batch(G * W, T)(x, v, (status == RUNNING).astype(np.float64))
         running = status == RUNNING
         if step == 0:
-            status = np.where(running & (correction > CHOLESKY_FIRST_CORRECTION), FAILED,
-                              status)
+            status = np.where(running & (correction > first_limit), FAILED, status)
             rate = correction
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
