@@ -23,6 +23,9 @@ from helpers import make_problem, oracle_solve
 EPS = np.finfo(np.float64).eps
 # two lane groups, the second padded
 BATCH = (codegen.LANES + 1,)
+# D = 2 exercises the block structure over d; small n keeps the one-time compilation of
+# each shape's kernels short (it grows like n^3); the paper's D = O = E = 3 is slow-marked
+SHAPE = dict(E=2, D=2, O=2)
 
 
 class _Calls(list):
@@ -82,7 +85,7 @@ CASES = {
     "per-step inputs, steps varying per system": dict(),
     "uniform grid, coefficients constant in time": dict(coef_T=1, steps_T=1),
     "one rhs and init for all systems": dict(rhs_batch=(1,), init_batch=()),
-    "two initial steps, every order pinned": dict(Ti=2, Oi=3),
+    "two initial steps, every order pinned": dict(Ti=2, Oi=2),
 }
 
 
@@ -91,13 +94,13 @@ CASES = {
 def test_lane_solve_matches_lstsq(lane_calls, case, T):
     kw = CASES[case]
     if T == 1:
-        kw = dict(kw, steps_T=0, Ti=1, Oi=3)  # a single step needs every order pinned
-    problem = make_problem(3, batch=BATCH, T=T, E=2, D=2, O=3, **kw)
+        kw = dict(kw, steps_T=0, Ti=1, Oi=2)  # a single step needs every order pinned
+    problem = make_problem(3, batch=BATCH, T=T, **SHAPE, **kw)
     before = [a.copy() for a in problem]
     u = bandsolve.smnn_solve(*problem)
     assert lane_calls, "the lane kernels were not used"
     assert not lane_calls.fallbacks, "well-conditioned lanes fell back to the host kernel"
-    assert u.shape == BATCH + (T, 2, 3) and u.dtype == np.float64
+    assert u.shape == BATCH + (T, SHAPE["D"], SHAPE["O"]) and u.dtype == np.float64
     _check_against_lstsq(problem, {}, u)
     for a, b in zip(problem, before):
         np.testing.assert_array_equal(a, b)  # inputs never modified
@@ -107,7 +110,7 @@ def test_lane_solve_matches_lstsq(lane_calls, case, T):
 def test_one_lane_build_for_small_batches(lane_calls, batch):
     """Fewer systems than lanes: one system per group (straight-line scalar code)."""
     assert lanes.lane_width(3) == 1 and lanes.lane_width(codegen.LANES) == codegen.LANES
-    problem = make_problem(6, batch=batch, T=9, E=2, D=2, O=3, Ti=1, Oi=2)
+    problem = make_problem(6, batch=batch, T=9, **SHAPE, Ti=1, Oi=2)
     u = bandsolve.smnn_solve(*problem)
     assert lane_calls and not lane_calls.fallbacks
     _check_against_lstsq(problem, {}, u)
@@ -115,7 +118,7 @@ def test_one_lane_build_for_small_batches(lane_calls, batch):
 
 def test_weights_and_float32(lane_calls):
     options = dict(weight_equation=0.5, weight_init=3.0, weight_smooth=2.0)
-    problem = make_problem(4, batch=BATCH, T=6, E=2, D=2, O=3)
+    problem = make_problem(4, batch=BATCH, T=6, **SHAPE)
     u = bandsolve.smnn_solve(*problem, **options)
     _check_against_lstsq(problem, options, u)
     u32 = bandsolve.smnn_solve(*(a.astype(np.float32) for a in problem), **options)
@@ -152,8 +155,8 @@ def test_ill_conditioned_systems_are_refined(lane_calls):
 
 
 def test_rank_deficient_system_is_named(lane_calls):
-    """System 5 has zero coefficients and no initial values: t and t^2 are free."""
-    c, r, g, h = make_problem(5, batch=BATCH, T=6, E=2, D=1, O=3, Ti=1, Oi=2)
+    """System 5 has zero coefficients and no initial values: its straight lines are free."""
+    c, r, g, h = make_problem(5, batch=BATCH, T=6, **SHAPE, Ti=1, Oi=2)
     c[5] = 0.0
     g = np.broadcast_to(g[:, :, :, :0], g.shape[:-1] + (0,)).copy()  # no initial values
     c[:, 0] += 1.0  # keep the others well posed without initial values
@@ -168,6 +171,16 @@ def test_rank_deficient_system_is_named(lane_calls):
     _check_against_lstsq((c[keep], r[keep], g[keep], h[keep]), {}, u[keep])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [BATCH, (2,)])
+def test_paper_block_size(lane_calls, batch):
+    """D = O = E = 3 (n = 9, the benchmarks' shape), both builds."""
+    problem = make_problem(11, batch=batch, T=8, E=3, D=3, O=3, Ti=1, Oi=2)
+    u = bandsolve.smnn_solve(*problem)
+    assert lane_calls and not lane_calls.fallbacks
+    _check_against_lstsq(problem, {}, u)
+
+
 def test_sub_diagonal_structure():
     """``L[t, t-1]`` is block upper triangular over d: 54 of 81 entries at D = O = 3."""
     assert codegen.Layout(3, 3, 3).n_y == 54
@@ -177,9 +190,9 @@ def test_sub_diagonal_structure():
 def test_small_or_central_problems_stay_off_the_lanes():
     lhs_like = type("L", (), dict(central=False, n_steps=10, block_size=6))
     assert not lanes.applies(lhs_like, codegen.LANES)  # 80 block rows: not worth compiling
-    assert lanes.applies(lhs_like, 1000)
+    assert lanes.applies(lhs_like, 10_000)
     lhs_like.central = True
-    assert not lanes.applies(lhs_like, 1000)
+    assert not lanes.applies(lhs_like, 10_000)
 
 
 def _directional_derivative(problem, index, direction, ubar, eps=1e-6):
@@ -194,7 +207,7 @@ def _directional_derivative(problem, index, direction, ubar, eps=1e-6):
 
 def test_vjp_in_the_lanes_matches_finite_differences(lane_calls):
     """``smnn_solve_vjp`` keeps the lane factor and solves ``M y = ubar`` in the lanes."""
-    problem = make_problem(8, batch=BATCH, T=6, E=2, D=2, O=3, Ti=1, Oi=2)
+    problem = make_problem(8, batch=BATCH, T=6, **SHAPE, Ti=1, Oi=2)
     rng = np.random.default_rng(9)
     u, vjp = bandsolve.smnn_solve_vjp(*problem)
     assert lane_calls and not lane_calls.fallbacks
@@ -218,7 +231,7 @@ def test_lane_factor_in_host_layout(lane_calls):
     from helpers import oracle_normal_equations
     from bandsolve._adapters import smnn_factor_solve
 
-    problem = make_problem(10, batch=BATCH, T=5, E=2, D=2, O=3, Ti=1, Oi=2)
+    problem = make_problem(10, batch=BATCH, T=5, **SHAPE, Ti=1, Oi=2)
     u, factorization = smnn_factor_solve(*problem)
     assert lane_calls and not lane_calls.fallbacks
     M, *_ = oracle_normal_equations(*problem)

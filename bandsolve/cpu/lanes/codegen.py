@@ -392,7 +392,7 @@ N = {n}
 NP = {n_packed}
 NY = {n_y}
 NT = {n_taylor}
-_OPTIONS = dict(parallel=True, cache=True, nogil=True, error_model="numpy",
+_OPTIONS = dict(parallel={parallel}, cache=True, nogil=True, error_model="numpy",
                 boundscheck=False, fastmath={{"contract"}})
 '''
 
@@ -421,7 +421,12 @@ def generate(n_dims, n_orders, n_equations, width=LANES):
     """Python source of the lane kernels for shape ``(D, O, E)`` and ``width`` lanes."""
     lay = Layout(n_dims, n_orders, n_equations)
     n = lay.n
-    src = [_HEADER.format(D=lay.D, O=lay.O, E=lay.E, W=width, n=n, n_packed=lay.n_packed,
+    # one lane: nothing to vectorise, and Numba's parallel passes take ~2/3 of the
+    # compilation of these long bodies; prange's noalias arguments are what lets LLVM
+    # vectorise the lane loop (a serial build of the same code stays scalar)
+    parallel = width > 1
+    src = [_HEADER.format(D=lay.D, O=lay.O, E=lay.E, W=width, n=n, parallel=parallel,
+                          n_packed=lay.n_packed,
                           n_y=lay.n_y, n_taylor=lay.n_taylor)]
 
     step_offsets = ["tt = U(t)", "last = t == T - 1",
@@ -450,9 +455,22 @@ def generate(n_dims, n_orders, n_equations, width=LANES):
     for name, arguments, steps, offsets, body in kernels:
         src.append("@numba.njit(**_OPTIONS)")
         src.append(f"def {name}(n_groups, T, {arguments}):")
-        src.append("    for g in numba.prange(n_groups):")
+        src.append(f"    for g in {'numba.prange' if parallel else 'range'}(n_groups):")
         src.append(f"        for t in {steps}:")
         src.extend(["    " + line for line in _loop(body, offsets)])
         src.append("    return 0")
         src.append("")
-    return "\n".join(src) + "\n"
+    return _with_offset_constants("\n".join(src) + "\n")
+
+
+def _with_offset_constants(source):
+    """Replace every ``U(k * W)`` by a module constant ``_Kk``: Numba freezes module
+    globals, so the kernels see literal offsets instead of thousands of conversions
+    (which cost compilation time, not run time)."""
+    import re
+
+    used = sorted({int(k) for k in re.findall(r"U\((\d+) \* W\)", source)})
+    source = re.sub(r"U\((\d+) \* W\)", r"_K\1", source)
+    constants = "".join(f"_K{k} = U({k} * W)\n" for k in used)
+    marker = "_OPTIONS = dict("
+    return source.replace(marker, constants + marker, 1)
