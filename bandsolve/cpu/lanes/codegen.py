@@ -25,9 +25,11 @@ Kernels (all ``prange`` over lane groups, float64):
   convergence test needs (``|g_o|``, ``|x_o|``, ``|x_o| sqrt(M_kk)``).
 """
 
-# lanes (systems) per group: two AVX2 / one AVX-512 float64 vector; 1 gives the
-# one-system straight-line kernels for small batches of long sequences
-LANES = 8
+# lanes (systems) per group: one AVX2 float64 vector. Every scalar of the straight-line
+# code becomes a vector of LANES values, so the ~100 live values of a step spill less with
+# 4 lanes than with 8 (measured B=64, T=1000, D=O=E=3, one thread: 39.6 ms with 4 lanes,
+# 58.2 ms with 8). 1 gives the one-system kernels for small batches of long sequences.
+LANES = 4
 
 # Diagonal blocks are stored packed (lower triangle, row-major) with 1/L_ii on the
 # diagonal, so that substitutions multiply instead of divide.
