@@ -25,6 +25,8 @@ Kernels (all ``prange`` over lane groups, float64):
   convergence test needs (``|g_o|``, ``|x_o|``, ``|x_o| sqrt(M_kk)``).
 """
 
+import math
+
 # lanes (systems) per group: one AVX2 float64 vector. Every scalar of the straight-line
 # code becomes a vector of LANES values, so the ~100 live values of a step spill less with
 # 4 lanes than with 8 (measured B=64, T=1000, D=O=E=3, one thread: 39.6 ms with 4 lanes,
@@ -61,6 +63,18 @@ class Layout:
             self.taylor.append([(c, slot + i) for i, c in enumerate(cols)])
             slot += len(cols)
         self.n_taylor = slot
+        # (power, factor) of each slot: the entry is factor * h**power (taylor_rows:
+        # h^o/(o-k)! forward, (-h)^o/(o-k)! backward, -h^k / -(-h)^k on the other step)
+        self.taylor_terms = []
+        for q, entries in enumerate(self.taylor):
+            k, backward = q % O, q >= O
+            for c, _ in entries:
+                o = c % O
+                if (c >= O) == backward:  # the row's own step
+                    sign = (-1.0) ** o if backward else 1.0
+                    self.taylor_terms.append((o, sign / math.factorial(o - k)))
+                else:  # the other step
+                    self.taylor_terms.append((k, -((-1.0) ** k) if backward else -1.0))
         # Y = L[t-1]^{-1} B^T with B = M[t,t-1] block diagonal over d: entry (r, c) can be
         # non-zero only when block(r) >= block(c) ... computed symbolically below
         self.y_entries = [(r, c) for r in range(self.n) for c in range(self.n)
@@ -100,14 +114,21 @@ def _ld(array, offset, k):
     return f"{array}[g, {offset} + U({k} * W) + w]"
 
 
-def _taylor_entries(lay, body, array, offset, tag, flag):
-    """Load one pair's Taylor rows, times ``flag`` (0.0 zeroes a missing pair), into names
-    ``{tag}_{q}_{c}``; returns rows[q][c]."""
+def _taylor_entries(lay, body, offset, tag, weight):
+    """One pair's Taylor rows from its step ``h`` (read from ``steps`` at ``offset``),
+    times ``weight`` (``ws``, or 0.0 for a missing pair), as names ``{tag}_{q}_{c}``;
+    returns rows[q][c]. Entry ``(q, c)`` is ``factor * h**power``
+    (:meth:`Layout.taylor_terms`), so only ``h`` is staged, not the rows."""
+    h = body.let(f"{tag}_h", _ld("steps", offset, 0))
+    powers = ["1.0", h]
+    for p in range(2, lay.O):
+        powers.append(body.let(f"{tag}_p{p}", f"{powers[-1]} * {h}"))
     rows = []
     for q, entries in enumerate(lay.taylor):
         row = [None] * (2 * lay.O)
         for c, s in entries:
-            row[c] = body.let(f"{tag}_{q}_{c}", f"{flag} * {_ld(array, offset, s)}")
+            power, factor = lay.taylor_terms[s]
+            row[c] = body.let(f"{tag}_{q}_{c}", f"({weight} * {factor!r}) * {powers[power]}")
         rows.append(row)
     return rows
 
@@ -196,9 +217,9 @@ def _y_from(lay, body, Lp, bt):
 
 def _factor_step(lay):
     """Lane-loop body of one step of ``factor_forward``. The first and last steps are the
-    same code: the carries start at zero and the flags ``fp`` (a previous step exists),
-    ``fn`` (a next one) zero the missing pair's Taylor rows, which are read from a valid
-    but unused step."""
+    same code: the carries start at zero and the weights ``wsp`` (``ws`` if a previous
+    step exists, else 0) and ``wsn`` (a next one) zero a missing pair's Taylor rows,
+    whose step is read from a valid but unused slot."""
     has_prev = has_next = True
     n, O, E = lay.n, lay.O, lay.E
     b = _Body(12)
@@ -208,10 +229,10 @@ def _factor_step(lay):
     gi = [b.let(f"gi_{k}", _ld("init", "og", k)) for k in range(n)]
     grams_next = grams_prev = None
     if has_next:
-        tr_next = _taylor_entries(lay, b, "taylor", "otn", "tn", "fn")
+        tr_next = _taylor_entries(lay, b, "otn", "tn", "wsn")
         grams_next = _gram(tr_next, 0, 0, O)
     if has_prev:
-        tr_prev = _taylor_entries(lay, b, "taylor", "otp", "tp", "fp")
+        tr_prev = _taylor_entries(lay, b, "otp", "tp", "wsp")
         grams_prev = _gram(tr_prev, 1, 1, O)
     # M[t, t] (lower triangle) and b_t
     m = [[None] * n for _ in range(n)]
@@ -274,8 +295,9 @@ def _factor_step(lay):
 
 def _backward_step(lay, with_stats):
     """Lane-loop body of one step of ``x_t = L_t^{-T} (z_t - Y_{t+1} x_{t+1})`` on array
-    ``v``; ``with_stats``: also the per-order maxima of the correction test. At the last
-    step the carry is zero and ``ys`` has a zero step ``T``."""
+    ``v`` (in place). ``with_stats``: ``v`` holds the correction's forward half; gather the
+    per-order maxima of the correction test and add the correction to ``x`` (``v`` is
+    left as it was). At the last step the carry is zero and ``ys`` has a zero step ``T``."""
     n, O = lay.n, lay.O
     has_next = True
     b = _Body(12)
@@ -291,7 +313,8 @@ def _backward_step(lay, with_stats):
     out = _backward_solve(lay, b, L, vec, "o")
     for i in range(n):
         value = out[i] if out[i] is not None else "0.0"
-        b(f"v[g, ov + U({i} * W) + w] = {value}")
+        if not with_stats:
+            b(f"v[g, ov + U({i} * W) + w] = {value}")
         b(f"carry_z[g, U({i} * W) + w] = {value}")
     if with_stats:
         # stats slots: [0, O) max|g_o|, [O, 2O) max|x_o|, [2O, 3O) max|x_o| sqrt(M_kk),
@@ -302,7 +325,8 @@ def _backward_step(lay, with_stats):
                 b(f"st{slot}_{o} = stats[g, U({(slot * O + o)} * W) + w]")
         for i in range(n):
             o = i % O
-            b(f"ax_{i} = abs(x[g, ox + U({i} * W) + w])")
+            b(f"xo_{i} = x[g, ox + U({i} * W) + w]")
+            b(f"ax_{i} = abs(xo_{i})")
             b(f"ag_{i} = abs({out[i] if out[i] is not None else '0.0'})")
             b(f"fin = fin * (ag_{i} < math.inf)")
             b(f"st0_{o} = max(st0_{o}, ag_{i})")
@@ -312,6 +336,8 @@ def _backward_step(lay, with_stats):
             for slot in range(3):
                 b(f"stats[g, U({(slot * O + o)} * W) + w] = st{slot}_{o}")
         b(f"stats[g, U({3 * O} * W) + w] = fin")
+        for i in range(n):  # x += g (the test is on the x before it)
+            b(f"x[g, ox + U({i} * W) + w] = xo_{i} + {out[i] if out[i] is not None else '0.0'}")
     return b.lines
 
 
@@ -320,7 +346,7 @@ def _residual_step(lay, with_beta):
     (its equations and initial values, the pair (t, t+1) whose share of ``g_{t+1}`` is
     carried, plus the share of pair (t-1, t) carried in), then ``z_t = L_t^{-1} (g_t -
     Y_t^T z_{t-1})``. Without ``with_beta``: the plain system ``g = extra - M x``. The
-    carries start at zero; at the last step ``fn = 0`` zeroes the pair (t, t+1), whose
+    carries start at zero; at the last step ``wsn = 0`` zeroes the pair (t, t+1), whose
     ``x_{t+1}`` is then read from step ``t``."""
     n, O, E, D = lay.n, lay.O, lay.E, lay.D
     has_prev = has_next = True
@@ -349,7 +375,7 @@ def _residual_step(lay, with_beta):
     carried = [None] * n
     if has_next:
         xn = [b.let(f"xn_{i}", _ld("x", "oxn", i)) for i in range(n)]
-        rows = _taylor_entries(lay, b, "taylor", "otn", "tn", "fn")
+        rows = _taylor_entries(lay, b, "otn", "tn", "wsn")
         for d in range(D):
             for q, row in enumerate(rows):
                 terms = [f"{row[cidx]} * {(xt if cidx < O else xn)[d * O + cidx % O]}"
@@ -432,7 +458,7 @@ def generate(n_dims, n_orders, n_equations, width=LANES):
                           n_y=lay.n_y, n_taylor=lay.n_taylor)]
 
     step_offsets = ["tt = U(t)", "last = t == T - 1",
-                    "fp = 1.0 if t > 0 else 0.0", "fn = 0.0 if last else 1.0",
+                    "wsp = ws if t > 0 else 0.0", "wsn = 0.0 if last else ws",
                     "oc = tt * cs", "orr = tt * rs", "og = U(min(t, n_init - 1)) * gs",
                     "ox = tt * U(N * W)", "ol = tt * U(NP * W)", "oy = tt * U(NY * W)",
                     "os = tt * U(N * W)", "ov = tt * U(N * W)",
@@ -440,18 +466,18 @@ def generate(n_dims, n_orders, n_equations, width=LANES):
                     "otn = (U(0) if last else tt) * hs",
                     "otp = (tt - U(1)) * hs if t > 0 else U(0)"] + _pins(n)
     kernels = (
-        ("factor_forward", "coefficients, cs, rhs, rs, init, gs, n_init, taylor, hs, pins, "
-         "we2, tol, lower, ys, x, scale, ok, carry_l, carry_z", "range(T)",
+        ("factor_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, "
+         "we2, ws, tol, lower, ys, x, scale, ok, carry_l, carry_z", "range(T)",
          step_offsets, _factor_step(lay)),
         ("backward", "lower, ys, v, x, scale, stats, carry_z", "range(T - 1, -1, -1)",
          _BACK_OFFSETS, _backward_step(lay, False)),
         ("correction_backward", "lower, ys, v, x, scale, stats, carry_z",
          "range(T - 1, -1, -1)", _BACK_OFFSETS, _backward_step(lay, True)),
-        ("residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, taylor, hs, pins, "
-         "we2, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
+        ("residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, "
+         "we2, ws, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
          _residual_step(lay, True)),
-        ("plain_residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, taylor, hs, "
-         "pins, we2, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
+        ("plain_residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, "
+         "pins, we2, ws, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
          _residual_step(lay, False)),
     )
     for name, arguments, steps, offsets, body in kernels:

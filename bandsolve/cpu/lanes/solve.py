@@ -100,38 +100,16 @@ def lane_width(n_systems):
     return codegen.LANES if n_systems >= codegen.LANES else 1
 
 
-def _taylor_slots(lay):
-    """``(power, factor)`` per Taylor-row slot of the lane kernels: the entry is
-    ``factor * h**power`` (``formulation.taylor_rows``: ``h^o / (o-k)!`` forward,
-    ``(-h)^o / (o-k)!`` backward, ``-h^k`` / ``-(-h)^k`` on the other step)."""
-    power, factor = [], []
-    O = lay.O
-    for q, entries in enumerate(lay.taylor):
-        k, backward = q % O, q >= O
-        for c, _ in entries:
-            o = c % O
-            if (c >= O) == backward:  # the row's own step: h^o / (o-k)!
-                sign = (-1.0) ** o if backward else 1.0
-                power.append(o)
-                factor.append(sign / math.factorial(o - k))
-            else:  # the other step: -h^k, or -(-h)^k backward
-                power.append(k)
-                factor.append(-((-1.0) ** k) if backward else -1.0)
-    return np.array(power, dtype=np.int64), np.array(factor)
-
-
 @jit_kernel
 def _stage(first, n_systems, coefficients, steps, rhs, rhs_index, init, init_index,
-           n_orders, n_init_steps, n_init_orders, ws, power, factor, W, c_l, r_l, g_l, t_l):
+           n_orders, n_init_steps, n_init_orders, W, c_l, r_l, g_l, h_l):
     """Lane layout of the inputs of groups ``first, first+1, ...`` (``c_l.shape[0]`` of
     them; lanes past the last system repeat it): coefficients ``(Tc, E*n)``, rhs
-    ``(Tr, E)``, initial values ``(Ti', n)`` (zero where nothing is pinned) and the Taylor
-    rows' entries ``(Th', NT)`` (``ws * factor * h**power``), each ``(..., W)``."""
+    ``(Tr, E)``, initial values ``(Ti', n)`` (zero where nothing is pinned) and steps
+    ``(Th',)``, each ``(..., W)``."""
     n_equations, n = coefficients.shape[2], coefficients.shape[3]
     en = n_equations * n
-    n_slots = power.shape[0]
     for gl in numba.prange(c_l.shape[0]):
-        powers = np.empty(n_orders)
         for w in range(W):
             b = min((first + gl) * W + w, n_systems - 1)
             c = coefficients[b]
@@ -151,12 +129,7 @@ def _stage(first, n_systems, coefficients, steps, rhs, rhs_index, init, init_ind
                     g_l[gl, (t * n + k) * W + w] = gi[t, k // n_orders, o] if pinned else 0.0
             h = steps[b]
             for i in range(h.shape[0]):
-                value = ws
-                for o in range(n_orders):  # ws * h^o
-                    powers[o] = value
-                    value *= h[i]
-                for s in range(n_slots):
-                    t_l[gl, (i * n_slots + s) * W + w] = factor[s] * powers[power[s]]
+                h_l[gl, i * W + w] = h[i]
 
 
 @jit_kernel
@@ -170,17 +143,6 @@ def _unstage(first, n_systems, W, x_l, out):
                 for t in range(n_steps):
                     for k in range(n):
                         out[b, t, k] = x_l[gl, (t * n + k) * W + w]
-
-
-@jit_kernel
-def _add_correction(x, v, apply):
-    """``x += v`` in the lanes with ``apply`` 1 (``(G, W)``)."""
-    W = apply.shape[1]
-    for gl in numba.prange(x.shape[0]):
-        for i in range(x.shape[1] // W):
-            for w in range(W):
-                if apply[gl, w] != 0.0:
-                    x[gl, i * W + w] += v[gl, i * W + w]
 
 
 # Scratch of one batch of groups at most about this large (bytes; at least one group per
@@ -241,12 +203,11 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
     W = lane_width(B)
     mod = kernels(D, O, E, W)
     lay = codegen.Layout(D, O, E)
-    power, factor = _taylor_slots(lay)
     U = np.uint64
     Tr, Th = rhs_flat.shape[1], steps.shape[1]
     n_init = max(Ti, 1)
     # per-step sizes of each lane array (its step axis broadcasts when of length 1)
-    sizes = dict(c=Tc * E * n, r=Tr * E, g=n_init * n, t=max(Th, 1) * lay.n_taylor,
+    sizes = dict(c=Tc * E * n, r=Tr * E, g=n_init * n, h=max(Th, 1),
                  lower=T * lay.n_packed, ys=(T + 1) * lay.n_y, x=T * n, scale=T * n,
                  v=T * n)
     per_group = 8 * W * sum(sizes.values())
@@ -261,7 +222,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
     pins[:Ti, :, :Oi] = wi2
     pins = pins.reshape(-1)
     strides = dict(cs=U(E * n * W if Tc > 1 else 0), rs=U(E * W if Tr > 1 else 0),
-                   gs=U(n * W), hs=U(lay.n_taylor * W if Th > 1 else 0))
+                   gs=U(n * W), hs=U(W if Th > 1 else 0))
     x_out = np.empty((B, T, n))
     status_out = np.empty(n_groups * W, dtype=np.int64)
     for first in range(0, n_groups, batch):
@@ -269,12 +230,12 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
         a = {name: np.empty((G, size * W)) if keep else _scratch(name, (G, size * W))
              for name, size in sizes.items()}
         if not Th:
-            a["t"][:] = 0.0
+            a["h"][:] = 0.0
         _stage.for_batch(G * W, T)(first, B, coefficients, steps, rhs_flat, rhs_index,
-                                   init_flat, init_index, O, Ti, Oi, math.sqrt(ws2), power,
-                                   factor, W, a["c"], a["r"], a["g"], a["t"])
+                                   init_flat, init_index, O, Ti, Oi, W, a["c"], a["r"],
+                                   a["g"], a["h"])
         status_out[first * W:(first + G) * W] = _solve_groups(
-            mod, lay, G, T, W, a, strides, n_init, pins, we2, O).reshape(-1)
+            mod, lay, G, T, W, a, strides, n_init, pins, we2, math.sqrt(ws2), O).reshape(-1)
         _unstage.for_batch(G * W, T)(first, B, W, a["x"], x_out)
 
     info = np.zeros(B, dtype=np.int64)
@@ -293,7 +254,8 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
         info[failed] = sub_info
     if not keep:
         return x_out, info
-    factor = LaneFactor(mod, lay, T, W, B, a, strides, n_init, pins, we2, failed, sub_lower)
+    factor = LaneFactor(mod, lay, T, W, B, a, strides, n_init, pins, we2, math.sqrt(ws2),
+                        failed, sub_lower)
     return x_out, info, factor
 
 
@@ -319,10 +281,10 @@ class LaneFactor:
     """
 
     def __init__(self, mod, lay, n_steps, width, n_systems, arrays, strides, n_init, pins,
-                 we2, failed, host_lower):
+                 we2, ws, failed, host_lower):
         self._mod, self._lay, self._T, self._W, self._B = mod, lay, n_steps, width, n_systems
-        self._a, self._strides, self._n_init, self._pins, self._we2 = (
-            arrays, strides, n_init, pins, we2)
+        self._a, self._strides, self._n_init, self._pins = arrays, strides, n_init, pins
+        self._weights = (we2, ws)
         self.failed, self.host_lower = failed, host_lower
 
     def lower(self):
@@ -353,7 +315,7 @@ class LaneFactor:
         e_l = np.empty((G, T * n * W))
         _to_lanes.for_batch(G * W, T)(extra, W, e_l)
         inputs = (a["c"], st["cs"], a["r"], st["rs"], a["g"], st["gs"], self._n_init,
-                  a["t"], st["hs"], self._pins, self._we2)
+                  a["h"], st["hs"], self._pins, *self._weights)
         y = np.zeros((G, T * n * W))
         v = np.empty_like(y)
         carry_g = np.zeros((G, n * W))
@@ -374,12 +336,12 @@ class LaneFactor:
         return out, ok
 
 
-def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, n_orders):
+def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, ws, n_orders):
     """Factor, solve and refine ``G`` staged groups in place (solution in ``a["x"]``);
     returns the lanes' status ``(G, W)``."""
     n = lay.n
     inputs = (a["c"], strides["cs"], a["r"], strides["rs"], a["g"], strides["gs"], n_init,
-              a["t"], strides["hs"], pins, we2)
+              a["h"], strides["hs"], pins, we2, ws)
     lower, ys, x, scale, v = a["lower"], a["ys"], a["x"], a["scale"], a["v"]
     ok = np.ones((G, W))
     carry_l = np.zeros((G, lay.n_packed * W))
@@ -420,9 +382,10 @@ def _refine_groups(mod, lay, G, T, W, inputs, a, x, v, extra, max_steps, first_l
         correction = np.where(status == RUNNING,
                               _relative_correction(stats.reshape(G, -1, W), n_orders),
                               correction)
+        # the sweep added the correction to every lane (a lane that had already converged
+        # takes one more, rounding-level step; a failing lane's x is not used)
         running = status == RUNNING
         status = np.where(running & (correction == math.inf), FAILED, status)
-        _add_correction.for_batch(G * W, T)(x, v, (status == RUNNING).astype(np.float64))
         running = status == RUNNING
         if step == 0:
             status = np.where(running & (correction > first_limit), FAILED, status)
