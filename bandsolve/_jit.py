@@ -1,7 +1,9 @@
 """Numba compilation policy, in one place (all its tunables live in this module).
 
 No ``fastmath``: it would let LLVM assume that NaN and Inf never occur, and the factorisation
-relies on NaN failing the ``pivot > 0`` test. ``cache=True`` keeps import and first call fast
+relies on NaN failing the ``pivot > 0`` test. (The generated lane kernels of
+``bandsolve/cpu/lanes`` allow FMA contraction only, ``fastmath={"contract"}``, which keeps
+NaN and Inf semantics.) ``cache=True`` keeps import and first call fast
 after the first run on a machine.
 
 Where the cache goes: Numba writes it beside the installed sources (``__pycache__``), else

@@ -40,11 +40,11 @@ from . import codegen
 # Largest block the generated code is made for: the straight-line code of one step grows
 # like n^3 (n = 9: ~1.5k statements per kernel, ~30 s to compile once per machine).
 MAX_BLOCK = 10
-# Below this many block rows in all (a host solve of ~10 ms), the one-time compilation of
+# Below this many block rows in all (a host solve of ~20-50 ms), the one-time compilation of
 # a new shape (10-60 s, then cached on disk) is not worth it. Batches of fewer than
 # ``codegen.LANES`` systems (which would leave most lanes of a group empty) use the
 # one-lane build: straight-line code for one system.
-MIN_BLOCK_ROWS = 16384
+MIN_BLOCK_ROWS = 32768
 
 _modules = {}
 _lock = threading.Lock()
