@@ -110,26 +110,33 @@ def _stage(first, n_systems, coefficients, steps, rhs, rhs_index, init, init_ind
     n_equations, n = coefficients.shape[2], coefficients.shape[3]
     en = n_equations * n
     for gl in numba.prange(c_l.shape[0]):
+        # lane-innermost loops: the writes are contiguous (each lane writing its own
+        # stride-W slots in turn would bring every cache line in W times)
+        systems = np.empty(W, dtype=np.int64)
         for w in range(W):
-            b = min((first + gl) * W + w, n_systems - 1)
-            c = coefficients[b]
-            for t in range(c.shape[0]):
-                for e in range(n_equations):
-                    for a in range(n):
-                        c_l[gl, (t * en + e * n + a) * W + w] = c[t, e, a]
-            r = rhs[rhs_index[b]]
-            for t in range(r.shape[0]):
-                for e in range(r.shape[1]):
-                    r_l[gl, (t * r.shape[1] + e) * W + w] = r[t, e]
-            gi = init[init_index[b]]
-            for t in range(g_l.shape[1] // (n * W)):
-                for k in range(n):
-                    o = k % n_orders
-                    pinned = t < n_init_steps and o < n_init_orders
-                    g_l[gl, (t * n + k) * W + w] = gi[t, k // n_orders, o] if pinned else 0.0
-            h = steps[b]
-            for i in range(h.shape[0]):
-                h_l[gl, i * W + w] = h[i]
+            systems[w] = min((first + gl) * W + w, n_systems - 1)
+        for t in range(coefficients.shape[1]):
+            for e in range(n_equations):
+                for a in range(n):
+                    base = (t * en + e * n + a) * W
+                    for w in range(W):
+                        c_l[gl, base + w] = coefficients[systems[w], t, e, a]
+        for t in range(rhs.shape[1]):
+            for e in range(rhs.shape[2]):
+                base = (t * rhs.shape[2] + e) * W
+                for w in range(W):
+                    r_l[gl, base + w] = rhs[rhs_index[systems[w]], t, e]
+        for t in range(g_l.shape[1] // (n * W)):
+            for k in range(n):
+                o = k % n_orders
+                pinned = t < n_init_steps and o < n_init_orders
+                base = (t * n + k) * W
+                for w in range(W):
+                    g_l[gl, base + w] = (init[init_index[systems[w]], t, k // n_orders, o]
+                                         if pinned else 0.0)
+        for i in range(steps.shape[1]):
+            for w in range(W):
+                h_l[gl, i * W + w] = steps[systems[w], i]
 
 
 @jit_kernel
@@ -146,12 +153,13 @@ def _unstage(first, n_systems, W, x_l, out):
 
 
 # Scratch of one batch of groups at most about this large (bytes; at least one group per
-# thread): the factor sweep's output stays in the last-level cache for the sweeps that
-# read it back, and batches stay few (each batch is ~8 parallel launches, each waiting
-# for every thread). B=64, T=1000, D=O=E=3, two threads: 27.8 ms with 8 MiB, 23.8 ms with
-# 32 MiB, 26.3 ms with 128 MiB. Kept between calls by the calling thread, so that solves
-# do not pay fresh page faults every time.
-SCRATCH_BYTES = 1 << 25
+# thread). Each batch costs ~8 parallel launches, and each launch waits for every thread:
+# on a machine where another process holds a core that wait is milliseconds (B=64, T=1000,
+# D=O=E=3 in 3 batches: 112 ms on two threads against 35 ms on one), so batches are few;
+# on a quiet machine smaller batches that stay in cache gain a little (8 MiB: 27.8 ms,
+# 32 MiB: 23.8 ms, 128 MiB: 26.3 ms). Kept between calls by the calling thread, so that
+# solves do not pay fresh page faults every time.
+SCRATCH_BYTES = 1 << 27
 # Buffers up to this size are kept for the next call (a long sequence's factor, T = 1e5:
 # ~140 MiB in all); larger ones are freed.
 RETAIN_BYTES = 1 << 28
