@@ -279,6 +279,25 @@ def _to_lanes(values, W, out):
                     out[gl, (t * n + k) * W + w] = values[b, t, k] if b < n_systems else 0.0
 
 
+@jit_kernel
+def _to_host_layout(lower_l, ys_l, W, y_rows, y_cols, out):
+    """Host block layout ``out`` ``(B, T, 2, n, n)`` of lane factors: packed diagonal
+    blocks (inverse diagonal) ``lower_l`` and the entries ``(y_rows, y_cols)`` of ``Y_t``
+    in ``ys_l`` (``L[t, t-1] = Y_t^T``)."""
+    n_systems, n_steps, _, n, _ = out.shape
+    n_packed = n * (n + 1) // 2
+    n_y = y_rows.shape[0]
+    for b in numba.prange(n_systems):
+        gl, w = b // W, b % W
+        for t in range(n_steps):
+            for i in range(n):
+                for j in range(i + 1):
+                    value = lower_l[gl, (t * n_packed + i * (i + 1) // 2 + j) * W + w]
+                    out[b, t, 0, i, j] = 1.0 / value if i == j else value
+            for s in range(n_y):
+                out[b, t, 1, y_cols[s], y_rows[s]] = ys_l[gl, (t * n_y + s) * W + w]
+
+
 class LaneFactor:
     """The lane factors of a batch kept after :func:`lane_solve` (``keep=True``), with
     the staged left-hand-side inputs, for the VJP's second solve ``M y = ubar``.
@@ -298,18 +317,12 @@ class LaneFactor:
     def lower(self):
         """The factor ``L`` of every system, ``(B, T, 2, n, n)`` (host block layout:
         ``L[t, 1] = L[t, t-1] = Y_t^T``; the diagonal blocks unpacked)."""
-        lay, T, W, n = self._lay, self._T, self._W, self._lay.n
-        G = self._a["lower"].shape[0]
-        packed = self._a["lower"].reshape(G, T, lay.n_packed, W)
-        ys = self._a["ys"].reshape(G, T + 1, lay.n_y, W)[:, :T]
-        out = np.zeros((G, W, T, 2, n, n))
-        for i in range(n):
-            for j in range(i + 1):
-                value = packed[:, :, codegen.packed(i, j)]
-                out[:, :, :, 0, i, j] = np.moveaxis(1.0 / value if i == j else value, -1, 1)
-        for slot, (r, c) in enumerate(lay.y_entries):
-            out[:, :, :, 1, c, r] = np.moveaxis(ys[:, :, slot], -1, 1)
-        out = out.reshape((G * W, T, 2, n, n))[:self._B]
+        lay, n = self._lay, self._lay.n
+        out = np.zeros((self._B, self._T, 2, n, n))
+        y_rows = np.array([r for r, _ in lay.y_entries], dtype=np.int64)
+        y_cols = np.array([c for _, c in lay.y_entries], dtype=np.int64)
+        _to_host_layout.for_batch(self._B, self._T)(self._a["lower"], self._a["ys"], self._W,
+                                                    y_rows, y_cols, out)
         out[self.failed] = self.host_lower
         return out
 
