@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import bandsolve
-from bandsolve.cpu.lanes import codegen
+from bandsolve.kernels import codegen
 from bandsolve.cpu.lanes import solve as lanes
 from exact import exact_solution, order_errors
 from helpers import make_problem, oracle_solve

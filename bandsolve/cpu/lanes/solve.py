@@ -19,12 +19,7 @@ the environment variable ``BANDSOLVE_CACHE_DIR``, else ``~/.cache/bandsolve``, e
 temporary folder (then every process compiles again).
 """
 
-import hashlib
-import importlib.util
 import math
-import os
-import sys
-import tempfile
 import threading
 
 import numba
@@ -35,7 +30,7 @@ from ...kernels.banded import CHOLESKY_PIVOT_TOL
 from ...kernels.residual import ACCEPT_CORRECTION
 from ..accurate import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, EPS, INVISIBLE_ORDER,
                         QR_MAX_STEPS, accurate_factor_solve_kernel)
-from . import codegen
+from ...kernels import codegen
 
 # Largest block the generated code is made for: the straight-line code of one step grows
 # like n^3 (n = 9: ~1.5k statements per kernel, ~30 s to compile once per machine).
@@ -50,41 +45,14 @@ _modules = {}
 _lock = threading.Lock()
 
 
-def cache_folder():
-    """Where generated kernel sources (and so Numba's cache of them) are kept."""
-    for folder in (os.environ.get("BANDSOLVE_CACHE_DIR"),
-                   os.path.join(os.path.expanduser("~"), ".cache", "bandsolve")):
-        if not folder:
-            continue
-        try:
-            os.makedirs(folder, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                return folder
-        except OSError:
-            continue
-    return tempfile.mkdtemp(prefix="bandsolve-")
-
-
 def kernels(n_dims, n_orders, n_equations, width):
     """The generated module for shape ``(D, O, E)`` and ``width`` lanes (generated,
     written and imported once per process; compiled once per machine)."""
     key = (n_dims, n_orders, n_equations, width)
     with _lock:
         if key not in _modules:
-            source = codegen.generate(*key)
-            digest = hashlib.sha1(source.encode()).hexdigest()[:12]
-            name = f"bandsolve_lanes_{codegen.Layout(*key[:3]).key(width)}_{digest}"
-            path = os.path.join(cache_folder(), name + ".py")
-            if not os.path.exists(path):  # never rewritten: its mtime keys Numba's cache
-                partial = f"{path}.{os.getpid()}.tmp"
-                with open(partial, "w") as handle:
-                    handle.write(source)
-                os.replace(partial, path)
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            _modules[key] = module
+            _modules[key] = codegen.load(codegen.generate(*key), "bandsolve_lanes_"
+                                         + codegen.Layout(*key[:3]).key(width))
         return _modules[key]
 
 

@@ -1,0 +1,93 @@
+"""Thread-per-system CUDA kernels specialised on ``(D, O, E)``: the CPU lane kernels'
+straight-line step code (``bandsolve/kernels/codegen.py``, ``target="cuda"``) with one
+CUDA thread per system instead of one vector lane.
+
+The layout is the CPU lanes' with a single group as wide as the batch: quantity ``k`` of
+step ``t`` of system ``w`` at ``array[0, (t*K + k)*W + w]``, so the threads of a warp read
+and write consecutive addresses (coalesced), and the blocks of a step are named scalars
+that live in registers instead of ``n``-sized loops over global memory.
+
+Status: the kernels are generated, pass the CUDA simulator against the least-squares
+oracle (``tests/gpu_lane_cases.py``) and compile for sm_90 (:func:`compile_report`:
+registers, spills), but the device driver does not use them yet; nothing here has run on
+a real GPU.
+"""
+
+import os
+import tempfile
+import threading
+
+from ..kernels import codegen
+
+_modules = {}
+_lock = threading.Lock()
+
+_UNSIGNED = {"cs", "rs", "gs", "hs"}
+_INTEGER = {"n_groups", "T", "n_init", "W"}
+_SCALAR = {"we2", "ws", "tol"}
+_VECTOR = {"pins"}
+
+
+def kernels(n_dims, n_orders, n_equations):
+    """The generated CUDA module for shape ``(D, O, E)`` (one per process)."""
+    key = (n_dims, n_orders, n_equations)
+    with _lock:
+        if key not in _modules:
+            source = codegen.generate(*key, width=1, target="cuda")
+            _modules[key] = codegen.load(source, "bandsolve_cuda_lanes_"
+                                         + codegen.Layout(*key).key("cuda"))
+        return _modules[key]
+
+
+def argument_types(kernel):
+    """Numba types of ``kernel``'s arguments, from their names (the generator's
+    convention): strides ``uint64``, counts ``int64``, weights ``float64``, ``pins``
+    ``float64[::1]``, every other array ``float64[:, ::1]``."""
+    from numba import types
+
+    names = kernel.py_func.__code__.co_varnames[:kernel.py_func.__code__.co_argcount]
+    out = []
+    for name in names:
+        if name in _UNSIGNED:
+            out.append(types.uint64)
+        elif name in _INTEGER:
+            out.append(types.int64)
+        elif name in _SCALAR:
+            out.append(types.float64)
+        elif name in _VECTOR:
+            out.append(types.float64[::1])
+        else:
+            out.append(types.float64[:, ::1])
+    return tuple(out)
+
+
+KERNELS = ("factor_forward", "backward", "residual_forward", "correction_backward",
+           "plain_residual_forward")
+
+
+def compile_report(n_dims, n_orders, n_equations, arch="sm_90"):
+    """``{kernel: {registers, stack, spill_stores, spill_loads, shared}}`` from compiling
+    each generated kernel to PTX (numba-cuda, NVVM) and assembling it with ``ptxas``
+    (the ``[cuda-compile]`` extra; no GPU or driver needed, not under the simulator)."""
+    from numba import cuda
+
+    from .compile_check import assemble, find_ptxas
+
+    module = kernels(n_dims, n_orders, n_equations)
+    ptxas = find_ptxas()
+    cc = tuple(int(c) for c in arch.split("_")[1])
+    report = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in KERNELS:
+            kernel = getattr(module, name)
+            ptx, _ = cuda.compile_ptx(kernel.py_func, argument_types(kernel), cc=cc)
+            report[name] = assemble(ptxas, ptx, arch, os.path.join(workdir))
+    return report
+
+
+if __name__ == "__main__":  # python -m bandsolve.gpu.lanes D O E
+    import sys
+
+    shape = tuple(int(a) for a in sys.argv[1:4]) or (1, 3, 1)
+    for name, info in compile_report(*shape).items():
+        print(name, info)
