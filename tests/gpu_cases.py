@@ -122,7 +122,7 @@ def test_float64_refinement_reaches_the_accuracy_contract(algorithm, monkeypatch
     assert exact.cond > 1e6
     u = bandsolve.smnn_solve(*to_device(c, r, g, h), **case.weights, algorithm=algorithm)
     assert max(order_errors(to_host(u), exact.x)) <= bound
-    monkeypatch.setattr(refine, "REFINE_STEPS", 0)
+    monkeypatch.setattr(refine, "MAX_REFINE_STEPS", 0)
     u = bandsolve.smnn_solve(*to_device(c, r, g, h), **case.weights, algorithm=algorithm)
     assert max(order_errors(to_host(u), exact.x)) > 10 * bound
 
@@ -149,7 +149,7 @@ def test_vjp_second_solve_is_refined_too(algorithm, monkeypatch):
         return to_host(vjp(cuda.to_device(ubar))[2])
 
     assert_rel_close(device_init_bar(), init_bar_host, tol, "init_bar = wi^2 y")
-    monkeypatch.setattr(refine, "REFINE_STEPS", 0)
+    monkeypatch.setattr(refine, "MAX_REFINE_STEPS", 0)
     err = np.linalg.norm(device_init_bar() - init_bar_host) / np.linalg.norm(init_bar_host)
     assert err > 10 * tol, err
 
