@@ -23,6 +23,7 @@ from numba import cuda
 import bandsolve
 from accuracy_cases import Case
 from bandsolve.gpu import config, refine
+from bandsolve.gpu import partitioned as gpu_partitioned
 from exact import exact_solution, order_errors
 
 from helpers import (
@@ -250,6 +251,39 @@ def test_partitioned_retries_ill_conditioned_systems_sequentially():
     for b in range(2):
         bound = max(100 * np.finfo(np.float64).eps * exact[b].cond, 1e-13)
         assert max(order_errors(u[b], exact[b].x)) <= bound, b
+
+
+def test_partitioned_retries_where_refinement_does_not_converge(monkeypatch):
+    """The parallel-in-time pivot test switched off (as before it existed): at O = 5,
+    h = 0.006 (cond(A) 1.4e9) the partitioned factor is kept and its refinement does not
+    converge (measured without the retry: NaN, status -1 after six steps). The retry
+    refactors the system with the sequential kernels and solves it again from zero:
+    status 0 and the contract, in the solve and in the VJP's second solve (init_bar =
+    wi^2 y exposes y, as in test_vjp_second_solve_is_refined_too)."""
+    monkeypatch.setattr(gpu_partitioned, "CHOLESKY_PIVOT_TOL", 0.0)
+    case = Case(T=8, O=5, h=0.006, seed=3)
+    c, r, g, h = case.arrays()
+    exact = exact_solution(c, r, g, h, **case.exact_kw)
+    tol = 100 * np.finfo(np.float64).eps * exact.cond
+    dc, dr, dg, dh = to_device(c, r, g, h)
+
+    def factor():
+        f = bandsolve.smnn_factor(dc, dh, init_shape=(g.shape[0], g.shape[2]),
+                                  **case.weights, algorithm="partitioned")
+        assert to_host(f._partition[3]).tolist() == [0]  # the pivot tests passed
+        return f
+
+    f = factor()
+    u = to_host(f.solve(dr, dg))
+    assert f.status.to_host() == 0 and to_host(f._partition[3]).tolist() == [1]
+    assert max(order_errors(u, exact.x)) <= tol
+    ubar = np.random.default_rng(5).standard_normal(u.shape)
+    host = bandsolve.smnn_factor(c, h, init_shape=(g.shape[0], g.shape[2]), **case.weights)
+    init_bar_host = host.backward(r, g, exact.x, ubar)[2]
+    f = factor()
+    grads = f.backward(dr, dg, cuda.to_device(exact.x), cuda.to_device(ubar))
+    assert f.status.to_host() == 0 and to_host(f._partition[3]).tolist() == [1]
+    assert_rel_close(to_host(grads[2]), init_bar_host, tol, "init_bar = wi^2 y")
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

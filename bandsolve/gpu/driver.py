@@ -305,30 +305,72 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         if not max_steps or B * T == 0:
             self._refinement_steps = None
             return
-        lhs = self._lhs
         factor_strides = strides["factor"]
         correction = device.scratch((B, T, n), COMPUTE)
-        span, n_spans = refine.spans_for(T)
-        records = device.scratch((B, n_spans, correction_record_size.py_func(lhs.n_orders)),
-                                 COMPUTE)
+        n_spans = refine.spans_for(T)[1]
+        records = device.scratch(
+            (B, n_spans, correction_record_size.py_func(self._lhs.n_orders)), COMPUTE)
         applied = arrays.zeros(device, (B,), np.int64)[1]
+        last = arrays.zeros(device, (B,), np.int64)[1]
         previous = device.scratch((B,), COMPUTE)
+        refinement = (rhs_flat, init_flat, extra, state, correction, records, applied,
+                      last, previous)
+        self._refine_steps(device, x, shape, strides, *refinement, first_tag=1)
+        if self.algorithm == "partitioned":
+            self._retry_sequentially(device, x, shape, strides, *refinement,
+                                     first_tag=max_steps + 1)
+        device.launch(refine.finish_kernel, B, state, shape, factor_strides,
+                      self.status._info)
+        self._refinement_steps = applied
+
+    def _refine_steps(self, device, x, shape, strides, rhs_flat, init_flat, extra, state,
+                      correction, records, applied, last, previous, *, first_tag,
+                      from_zero=False):
+        """The refinement steps (``MAX_REFINE_STEPS`` of them, numbered ``first_tag``
+        on for ``apply_kernel``); ``from_zero``: first the solve of the systems restarted
+        from ``x = 0`` (their first residual is the right-hand side itself), numbered
+        ``first_tag - 1``."""
+        B, T, n = shape_of(x)
+        lhs = self._lhs
+        max_steps = refine.MAX_REFINE_STEPS
+        factor_strides = strides["factor"]
+        span, n_spans = refine.spans_for(T)
         scale = self._column_norms(device)
-        for step in range(max_steps):
+        for step in range(-1 if from_zero else 0, max_steps):
+            tag = first_tag + step
             device.launch(refine.residual_kernel, B * T, lhs.coefficients, lhs.steps,
                           rhs_flat, init_flat, shape, strides["coefficients"],
                           strides["steps"], strides["rhs"], strides["init"],
                           *lhs.kernel_scalars(), extra is None, state, x,
                           correction if extra is None else extra, correction)
             self._substitute(device, correction, shape, factor_strides, state)
-            device.launch(refine.correction_spans_kernel, B * n_spans, x, correction, scale,
-                          shape, factor_strides, state, lhs.n_orders, span, records)
-            device.launch(refine.decision_kernel, B, records, lhs.n_orders, step, max_steps,
-                          ACCEPT_CORRECTION, state, applied, previous)
-            device.launch(refine.apply_kernel, B * T * n, x, correction, state, applied, step)
-        device.launch(refine.finish_kernel, B, state, shape, factor_strides,
-                      self.status._info)
-        self._refinement_steps = applied
+            if step >= 0:
+                device.launch(refine.correction_spans_kernel, B * n_spans, x, correction,
+                              scale, shape, factor_strides, state, lhs.n_orders, span,
+                              records)
+                device.launch(refine.decision_kernel, B, records, lhs.n_orders, step,
+                              max_steps, ACCEPT_CORRECTION, tag, state, applied, last,
+                              previous)
+            device.launch(refine.apply_kernel, B * T * n, x, correction, state, last, tag)
+
+    def _retry_sequentially(self, device, x, shape, strides, *refinement, first_tag):
+        """Parallel-in-time only: the right-hand sides whose refinement failed with a
+        partitioned factor that passed the pivot tests get their factor redone by the
+        sequential block kernels (QR fallback included, in place) and are solved and
+        refined again from ``x = 0``. Decided on the device: where nothing failed, every
+        kernel returns at once (about ``5 * MAX_REFINE_STEPS + 10`` empty launches)."""
+        B, T, n = shape_of(x)
+        state, applied, last = refinement[3], refinement[6], refinement[7]
+        factor_strides = strides["factor"]
+        info = self.status._info
+        device.launch(partitioned.mark_unconverged_kernel, B, state, shape, factor_strides,
+                      info, self._partition[3])
+        _sequential_retry(device, self._lhs, self._lower, info, self._partition[3])
+        device.launch(refine.restart_kernel, B * T * n, x, state)
+        device.launch(refine.resume_kernel, B, state, shape, factor_strides, info, first_tag,
+                      applied, last)
+        self._refine_steps(device, x, shape, strides, *refinement, first_tag=first_tag + 1,
+                           from_zero=True)
 
     def _substitute(self, device, x, shape, factor_strides, skip):
         """``x[i] <- M_{factor(i)}^{-1} x[i]`` in place for x ``(B, T, n)``, except where
@@ -506,14 +548,23 @@ def _factor(device, lhs, algorithm):
         # refactored by the sequential block kernels, with their QR fallback, in place
         sequential = device.scratch((n_lhs,), np.int64)
         device.launch(partitioned.mark_failed_kernel, n_lhs, info, sequential)
-        device.launch_blocks(partitioned.sequential_factor_kernel, n_lhs, _block_threads(n),
-                             lhs.coefficients, lhs.steps, shape, c_strides, h_strides,
-                             *scalars, sequential, lower, info)
-        _qr_fallback(device, lhs, partitioned.sequential_fallback_kernel, lower, info,
-                     sequential)
+        _sequential_retry(device, lhs, lower, info, sequential)
         partition = (n_chunks, chunk, reduced, sequential)
     return DeviceSMNNFactorization(lhs, algorithm, lower_user, lower, status, device,
                                    partition, scale)
+
+
+def _sequential_retry(device, lhs, lower, info, sequential):
+    """Refactor the ``PENDING`` systems of a parallel-in-time factorisation with the
+    sequential block kernels and their QR fallback, in place (lower ``(Bl, T, p+1, n,
+    n)``); they become ``SEQUENTIAL``. Decided on the device, no synchronisation."""
+    shape, c_strides, h_strides = lhs.lhs_maps()
+    device.launch_blocks(partitioned.sequential_factor_kernel, math.prod(lhs.batch_shape),
+                         _block_threads(lhs.block_size), lhs.coefficients, lhs.steps, shape,
+                         c_strides, h_strides, *lhs.kernel_scalars(), sequential, lower,
+                         info)
+    _qr_fallback(device, lhs, partitioned.sequential_fallback_kernel, lower, info,
+                 sequential)
 
 
 def _qr_fallback(device, lhs, kernel, lower, info, *selection):

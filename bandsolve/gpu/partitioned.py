@@ -39,7 +39,7 @@ from . import config
 from ._runtime import device_function
 from .arrays import source_row
 from .block import factor_system, solve_system
-from .refine import fallback
+from .refine import FAILED, RETRY, fallback
 
 _assemble_block_row = device_function(assemble_block_row)
 _factor_chunk = device_function(factor_chunk)
@@ -171,6 +171,20 @@ def mark_failed_kernel(info, sequential):
     s = cuda.grid(1)
     if s < info.shape[0]:
         sequential[s] = PENDING if info[s] != 0 else PARTITIONED
+
+
+@cuda.jit
+def mark_unconverged_kernel(state, shape, l_strides, info, sequential):
+    """Right-hand side ``i = thread`` whose refinement failed with a partitioned factor
+    that had passed the pivot tests: ``state[i] = RETRY``, and its factor becomes
+    ``PENDING`` (refactored sequentially; several right-hand sides may share it)."""
+    i = cuda.grid(1)
+    if i >= state.shape[0] or state[i] != FAILED:
+        return
+    s = _source_row(i, shape, l_strides)
+    if info[s] == 0 and sequential[s] != SEQUENTIAL:
+        state[i] = RETRY
+        sequential[s] = PENDING
 
 
 @cuda.jit

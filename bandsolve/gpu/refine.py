@@ -65,6 +65,7 @@ MAX_REFINE_STEPS = 6
 REFINING = 0
 CONVERGED = 1
 FAILED = 2
+RETRY = 3  # failed with a parallel-in-time factor: solved again with a sequential one
 
 # A correction whose square is below this is rounding noise (the host's EPS)
 EPS = float(np.finfo(np.float64).eps)
@@ -236,13 +237,15 @@ def correction_spans_kernel(x, g, scale, shape, l_strides, state, n_orders, span
 
 
 @cuda.jit
-def decision_kernel(records, n_orders, step, max_steps, limit, state, applied, previous):
+def decision_kernel(records, n_orders, step, max_steps, limit, tag, state, applied, last,
+                    previous):
     """The host's rule after refinement step ``step`` (0-based) of right-hand side
     ``i = thread``: merges its records ``(B, n_spans, 3 O + 1)`` into the relative
-    correction; ``applied[i] = step + 1`` if this step's correction is to be added;
-    ``state`` becomes ``CONVERGED`` (rounding reached, or stagnation below ``limit``),
-    ``FAILED`` (not finite, or still above ``limit`` after ``max_steps``) or stays
-    ``REFINING``; previous ``(B,)`` keeps the last correction."""
+    correction. If this step's correction is to be added: ``last[i] = tag`` (this
+    launch's number, for ``apply_kernel``) and ``applied[i] += 1``. ``state`` becomes
+    ``CONVERGED`` (rounding reached, or stagnation below ``limit``), ``FAILED`` (not
+    finite, or still above ``limit`` after ``max_steps``) or stays ``REFINING``;
+    previous ``(B,)`` keeps the last correction."""
     i = cuda.grid(1)
     if i >= state.shape[0] or state[i] != REFINING:
         return
@@ -253,7 +256,8 @@ def decision_kernel(records, n_orders, step, max_steps, limit, state, applied, p
     if correction == math.inf:
         state[i] = FAILED
         return
-    applied[i] = step + 1
+    applied[i] += 1
+    last[i] = tag
     rate = correction if step == 0 else correction / previous[i]
     previous[i] = correction
     if rate * correction <= EPS:
@@ -266,9 +270,10 @@ def decision_kernel(records, n_orders, step, max_steps, limit, state, applied, p
 
 
 @cuda.jit
-def apply_kernel(x, g, state, applied, step):
-    """``x[i] += g[i]`` where this step's correction was accepted, ``x[i] = NaN`` where
-    the system failed (thread per entry of x, g ``(B, T, n)``)."""
+def apply_kernel(x, g, state, last, tag):
+    """``x[i] += g[i]`` where the correction of step ``tag`` was accepted
+    (``last[i] == tag``), ``x[i] = NaN`` where the system failed (thread per entry of
+    x, g ``(B, T, n)``)."""
     k = cuda.grid(1)
     per_system = x.shape[1] * x.shape[2]
     if k >= x.shape[0] * per_system:
@@ -279,8 +284,33 @@ def apply_kernel(x, g, state, applied, step):
     a = rest % x.shape[2]
     if state[i] == FAILED:
         x[i, t, a] = math.nan
-    elif applied[i] == step + 1:
+    elif last[i] == tag:
         x[i, t, a] += g[i, t, a]
+
+
+@cuda.jit
+def restart_kernel(x, state):
+    """``x[i] = 0`` for the right-hand sides in state ``RETRY`` (thread per entry of x
+    ``(B, T, n)``): the first refinement step from zero is the solve itself."""
+    k = cuda.grid(1)
+    per_system = x.shape[1] * x.shape[2]
+    if k >= x.shape[0] * per_system:
+        return
+    i = k // per_system
+    if state[i] == RETRY:
+        rest = k % per_system
+        x[i, rest // x.shape[2], rest % x.shape[2]] = 0.0
+
+
+@cuda.jit
+def resume_kernel(state, shape, l_strides, info, tag, applied, last):
+    """``RETRY`` becomes ``REFINING`` with no correction counted yet and the solve from
+    zero (step ``tag``) to be added, or ``FAILED`` if the new factor failed too."""
+    i = cuda.grid(1)
+    if i < state.shape[0] and state[i] == RETRY:
+        applied[i] = 0
+        last[i] = tag
+        state[i] = REFINING if info[_source_row(i, shape, l_strides)] == 0 else FAILED
 
 
 @cuda.jit
