@@ -3,20 +3,32 @@
 The algorithm and its helpers are those of ``bandsolve/kernels/partitioned.py`` (compiled from
 the same source; read its docstring for the mathematics). This module only launches them:
 
-====================  ======================  =========================================
-kernel                threads                 work
-====================  ======================  =========================================
-assemble_kernel       (system, t)             block row ``t`` of ``M`` (fully parallel)
-factor_chunks_kernel  (system, interior)      interior Cholesky + Schur contributions
-factor_reduced        system                  separators' Schur complement (P-1 rows)
-solve_chunks_kernel   (rhs, interior)         ``M_I^{-1} b_I``
-solve_separators      rhs                     separators (P-1 rows, sequential)
-correct_chunks        (rhs, interior)         interiors from the separators
-====================  ======================  =========================================
+========================  ==================  =========================================
+kernel                    threads             work
+========================  ==================  =========================================
+assemble_kernel           (system, t)         block row ``t`` of ``M`` (fully parallel)
+factor_chunks_kernel      (system, interior)  interior Cholesky + Schur contributions
+factor_reduced            system              separators' Schur complement (P-1 rows)
+solve_chunks_kernel       (rhs, interior)     ``M_I^{-1} b_I``
+solve_separators          rhs                 separators (P-1 rows, sequential)
+correct_chunks            (rhs, interior)     interiors from the separators
+sequential_*              block per system    the retry (below)
+========================  ==================  =========================================
 
 Storage (per system, ordinary layout): ``lower (Bl, T, p+1, n, n)``, ``reduced
 (Bl, max(P-1, 1), 2, pn, pn)``; the interiors' rows hold their factors, the separator
 rows keep ``M``.
+
+Accuracy: the interior and separator pivots get the sequential kernels' relative test
+(``L_kk^2 > CHOLESKY_PIVOT_TOL * M_kk``, ``kernels/partitioned.py::weak_chunk_pivot`` /
+``weak_separator_pivot``). A system that fails it, or whose refinement does not
+converge with its partitioned factor (``mark_unconverged_kernel``, after a solve), is
+refactored in the same storage by the sequential block kernels, including their row-QR
+fallback, and is solved by them from then on (``sequential[s]``: ``PARTITIONED``,
+``PENDING``, ``SEQUENTIAL``). This is decided on the device without synchronising:
+every system gets a launch of the retry kernels, which return at once for the others.
+Such a system costs what it would with ``algorithm="block"`` (``T`` sequential steps
+on one thread block, and the QR sweep if that takes it).
 """
 
 import math

@@ -24,8 +24,9 @@ converged (the predicted next correction is below rounding, or corrections below
 finite, or one still above ``ACCEPT_CORRECTION`` after ``MAX_REFINE_STEPS``). Every step's
 kernels return at once for systems that are no longer refining, so a batch that has
 converged costs only the launches. Per-system state, ``(B,)`` int64 on the device:
-``REFINING``, ``CONVERGED`` or ``FAILED`` (its solution NaN; the driver then sets its
-factor's status to ``-1``).
+``REFINING``, ``CONVERGED``, ``FAILED`` (its solution NaN; the driver then sets its
+factor's status to ``-1``) or ``RETRY`` (failed with a parallel-in-time factor, which is
+then redone sequentially: ``bandsolve/gpu/partitioned.py``).
 
 The measure needs the maximum over all ``T`` steps of each system: a first kernel folds
 spans of about ``sqrt(T)`` steps (``spans_for``) into partial records, one thread per

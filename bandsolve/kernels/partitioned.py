@@ -27,6 +27,10 @@ separator are the couplings ``M[I, S]``: ``factor_block_row`` on the interior's 
 reads them. Work is about 3x that of the sequential sweep, spread over ``P`` chunks; the
 sequential part is ``P - 1`` block rows of size ``p n``.
 
+The relative pivot test of the sequential kernels applies to both factorisations
+(``weak_chunk_pivot``, ``weak_separator_pivot``: each pivot against the diagonal entry of
+``M`` it came from).
+
 Every function here is a ``jit_helper`` (plain loops), compiled for the CPU by
 ``bandsolve.cpu.partitioned`` (one ``prange`` iteration per chunk) and again from the same
 source for CUDA by ``bandsolve.gpu.partitioned`` (one thread per chunk).
