@@ -256,8 +256,8 @@ def test_partitioned_retries_ill_conditioned_systems_sequentially():
 def test_partitioned_retries_where_refinement_does_not_converge(monkeypatch):
     """The parallel-in-time pivot test switched off (as before it existed): at O = 5,
     h = 0.006 (cond(A) 1.4e9) the partitioned factor is kept and its refinement does not
-    converge (measured without the retry: NaN, status -1 after six steps). The retry
-    refactors the system with the sequential kernels and solves it again from zero:
+    converge (measured without the retry: NaN, status -1 after two steps and after six).
+    The retry refactors the system with the sequential kernels and solves it again from zero:
     status 0 and the contract, in the solve and in the VJP's second solve (init_bar =
     wi^2 y exposes y, as in test_vjp_second_solve_is_refined_too)."""
     monkeypatch.setattr(gpu_partitioned, "CHOLESKY_PIVOT_TOL", 0.0)

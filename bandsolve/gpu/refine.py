@@ -54,13 +54,14 @@ from . import config
 from ._runtime import device_function
 from .arrays import source_row
 
-# Most refinement steps after the first solve. A Cholesky factor that passed the relative
-# pivot test contracts the error by ~eps*cond(A)^2 per step: at cond(A) = 1e6 (1e-4) two
-# steps reach the eps*cond(A) floor and a third confirms it; at cond(A) ~ 1e7 (1e-2) about
-# five; a QR factor (~eps*cond(A) <= 1e-5 up to cond(A) = 1e11) two or three. Beyond six the
-# contraction is too slow (>~0.1 per step) for refinement to be worth its cost: the system
-# fails visibly instead (the host switches to its QR factor after four).
-MAX_REFINE_STEPS = 6
+# Most refinement steps after the first solve, as on the host's Cholesky route
+# (CHOLESKY_MAX_STEPS). A factor that passed the relative pivot test, or the QR factor,
+# contracts the error fast enough: measured under the simulator for cond(A) 2e4 to 2e10
+# (tests/gpu_cases.py), no system needed more than three steps (a kept Cholesky factor
+# at cond(A) 1.1e7: 1e-2 per step). Each step costs about 5 launches (8 for the
+# parallel-in-time solver) even where every system has converged and the kernels
+# return at once, so the limit is not larger than it needs to be.
+MAX_REFINE_STEPS = 4
 
 # Per-system refinement state
 REFINING = 0
