@@ -329,7 +329,7 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         """The refinement steps (``MAX_REFINE_STEPS`` of them, numbered ``first_tag``
         on for ``apply_kernel``); ``from_zero``: first the solve of the systems restarted
         from ``x = 0`` (their first residual is the right-hand side itself), numbered
-        ``first_tag - 1``."""
+        ``first_tag - 1``; only the sequential factors' systems are still refining then."""
         B, T, n = shape_of(x)
         lhs = self._lhs
         max_steps = refine.MAX_REFINE_STEPS
@@ -343,7 +343,8 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
                           strides["steps"], strides["rhs"], strides["init"],
                           *lhs.kernel_scalars(), extra is None, state, x,
                           correction if extra is None else extra, correction)
-            self._substitute(device, correction, shape, factor_strides, state)
+            self._substitute(device, correction, shape, factor_strides, state,
+                             sequential_only=from_zero)
             if step >= 0:
                 device.launch(refine.correction_spans_kernel, B * n_spans, x, correction,
                               scale, shape, factor_strides, state, lhs.n_orders, span,
@@ -372,12 +373,17 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         self._refine_steps(device, x, shape, strides, *refinement, first_tag=first_tag + 1,
                            from_zero=True)
 
-    def _substitute(self, device, x, shape, factor_strides, skip):
+    def _substitute(self, device, x, shape, factor_strides, skip, sequential_only=False):
         """``x[i] <- M_{factor(i)}^{-1} x[i]`` in place for x ``(B, T, n)``, except where
-        ``skip[i] != 0`` (``(B,)``)."""
+        ``skip[i] != 0`` (``(B,)``). ``sequential_only``: parallel-in-time, where every
+        right-hand side not skipped has a sequential factor (the retry's solves)."""
         B, T, n = shape_of(x)
         info = self.status._info
-        if self.algorithm == "thread":
+        if self.algorithm == "partitioned" and sequential_only:
+            device.launch_blocks(partitioned.sequential_solve_kernel, B, _block_threads(n),
+                                 self._lower, info, self._partition[3], shape,
+                                 factor_strides, skip, x)
+        elif self.algorithm == "thread":
             device.launch(thread.solve_kernel, B, self._lower, info, shape, factor_strides,
                           skip, x)
         elif self.algorithm == "block":
