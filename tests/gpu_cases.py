@@ -231,6 +231,30 @@ def test_diverging_refinement_fails_only_its_system(algorithm):
         factor.check()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # planted NaN
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_failed_right_hand_side_leaves_its_factor_s_other_one_alone(algorithm):
+    """Two right-hand sides share one factor; the second has a NaN in rhs, so its
+    refinement fails at the first step (a correction that is not finite): its u is NaN
+    and the factor's status -1 (as check=False promises), while the first is solved, in
+    one step. The status is written only after the last step, and the parallel-in-time
+    retry (which refactors the shared factor sequentially and starts the failed one
+    again) leaves the converged one as it was."""
+    c, r, g, h = make_problem(14, batch=(2,), T=6, E=2, D=1, O=3, Ti=1, Oi=2,
+                              coef_batch=(), steps_batch=())
+    u_ref, cond = oracle_solve(c, r[:1], g[:1], h)
+    r[1, 3, 1] = np.nan
+    dc, dr, dg, dh = to_device(c, r, g, h)
+    factor = bandsolve.smnn_factor(dc, dh, init_shape=(1, 2), algorithm=algorithm)
+    u = to_host(factor.solve(dr, dg))
+    assert steps_taken(factor)[0] == 1
+    assert np.all(np.isnan(u[1]))
+    assert_rel_close(u[:1], u_ref, solve_rtol(np.float64, cond), "u[0] vs dense")
+    assert factor.status.to_host().tolist() == -1
+    if algorithm == "partitioned":  # the retry ran and refactored the shared factor
+        assert to_host(factor._partition[3]).tolist() == [1]
+
+
 def test_partitioned_retries_ill_conditioned_systems_sequentially():
     """T = 32 in five interiors. System 0 (O = 5, h = 0.01, cond(A) 2e8) fails the
     relative pivot test of the parallel-in-time factorisation; it is refactored by the
