@@ -269,17 +269,19 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         device.launch(gradient.rhs_kernel, B * T, lhs.coefficients, rhs_flat, init_flat,
                       shape, strides["coefficients"], strides["rhs"], strides["init"],
                       O, Ti, Oi, we2, wi2, x)
-        state = self._start(device, B, shape, strides["factor"])
-        self._substitute(device, x, shape, strides["factor"], state)
-        self._refine(device, x, shape, strides, rhs_flat, init_flat, None, state)
+        started = self._start(device, B, shape, strides["factor"])
+        self._substitute(device, x, shape, strides["factor"], started[0])
+        self._refine(device, x, shape, strides, rhs_flat, init_flat, None, started)
         return _to_user(device, x_user, x, lhs.dtype).reshape(u_shape), x
 
     def _start(self, device, B, shape, factor_strides):
-        """The refinement state ``(B,)`` of a new solve: ``REFINING``, or ``FAILED`` where
-        the factor failed (``refine.start_kernel``)."""
-        state = device.scratch((B,), np.int64)
-        device.launch(refine.start_kernel, B, shape, factor_strides, self.status._info, state)
-        return state
+        """The refinement state of a new solve ``(state, applied, last)``, each ``(B,)``:
+        ``REFINING``, or ``FAILED`` where the factor failed; no correction applied yet
+        (``refine.start_kernel``)."""
+        state, applied, last = (device.scratch((B,), np.int64) for _ in range(3))
+        device.launch(refine.start_kernel, B, shape, factor_strides, self.status._info, state,
+                      applied, last)
+        return state, applied, last
 
     def _column_norms(self, device):
         """``sqrt(M_kk)`` ``(Bl, T, n)`` for the convergence measure, from the factor
@@ -293,13 +295,14 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
             device.launch(kernel, n_lhs * lhs.n_steps, self._lower, self._scale)
         return self._scale
 
-    def _refine(self, device, x, shape, strides, rhs_flat, init_flat, extra, state):
+    def _refine(self, device, x, shape, strides, rhs_flat, init_flat, extra, started):
         """Refine x ``(B, T, n)`` in place, ``x += M^{-1} A^T (beta - A x)``, or for the plain
         system ``M x = extra`` when ``extra`` is given, by the host's rule decided on the
         device (``refine`` module docstring): at most ``refine.MAX_REFINE_STEPS`` steps;
         each system stops when converged, and one that fails gets NaN and status -1.
-        The number of corrections each system took is kept in ``_refinement_steps``
-        ``(B,)`` (device, int64; for tests and diagnostics)."""
+        ``started``: :meth:`_start`'s arrays. The number of corrections each system took
+        is kept in ``_refinement_steps`` ``(B,)`` (device, int64; for tests and
+        diagnostics)."""
         B, T, n = shape_of(x)
         max_steps = refine.MAX_REFINE_STEPS
         if not max_steps or B * T == 0:
@@ -310,8 +313,7 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         n_spans = refine.spans_for(T)[1]
         records = device.scratch(
             (B, n_spans, correction_record_size.py_func(self._lhs.n_orders)), COMPUTE)
-        applied = arrays.zeros(device, (B,), np.int64)[1]
-        last = arrays.zeros(device, (B,), np.int64)[1]
+        state, applied, last = started
         previous = device.scratch((B,), COMPUTE)
         refinement = (rhs_flat, init_flat, extra, state, correction, records, applied,
                       last, previous)
@@ -424,12 +426,12 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
                                     steps=lhs.steps_batch, rhs=shape_of(rhs)[:-2],
                                     init=(), factor=lhs.batch_shape)
-        state = self._start(device, B, shape, strides["factor"])
-        self._substitute(device, y, shape, strides["factor"], state)
+        started = self._start(device, B, shape, strides["factor"])
+        self._substitute(device, y, shape, strides["factor"], started[0])
         rhs_shape = shape_of(rhs)
         self._refine(device, y, shape, strides,
                      rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:]),
-                     device.scratch((1, 1, 1, 1), COMPUTE), target, state)
+                     device.scratch((1, 1, 1, 1), COMPUTE), target, started)
         return self._gradients(device, rhs, init, batch, x, y, shape, strides)
 
     def _zero_gradients(self, device, rhs_shape, init_shape):

@@ -180,12 +180,15 @@ def spans_for(n_steps):
 
 
 @cuda.jit
-def start_kernel(shape, l_strides, info, state):
+def start_kernel(shape, l_strides, info, state, applied, last):
     """``state[i]``: ``REFINING``, or ``FAILED`` where the factor of right-hand side ``i``
-    failed (its solves give NaN; its status is kept)."""
+    failed (its solves give NaN; its status is kept); ``applied[i] = last[i] = 0`` (see
+    :func:`decision_kernel`)."""
     i = cuda.grid(1)
     if i < state.shape[0]:
         state[i] = REFINING if info[_source_row(i, shape, l_strides)] == 0 else FAILED
+        applied[i] = 0
+        last[i] = 0
 
 
 @cuda.jit
