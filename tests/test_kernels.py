@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 
 from bandsolve.formulation import n_taylor_orders
-from bandsolve.kernels.residual import add_residual_product, residual_step
+from bandsolve.kernels.residual import (
+    INVISIBLE_ORDER,
+    add_correction_span,
+    add_residual_product,
+    clear_correction_record,
+    correction_record_size,
+    merge_correction_records,
+    relative_correction,
+    relative_correction_of,
+    residual_step,
+)
 from helpers import make_problem, residual_rows
 
 WEIGHTS = dict(we=1.3, wi=0.7, ws=1.9)
@@ -60,3 +70,51 @@ def test_residual_gather_and_scatter_match_dense_rows(central, T, Ti, Oi, broadc
         residual_step(cf, hf, rf, gf, x, t, O, Ti, Oi, we * we, wi * wi, ws * ws, central,
                       False, gathered[t], rows, drows)
     assert np.abs(gathered - expected).max() <= 1e-12 * np.abs(expected).max()
+
+
+# ----------------------------------------------------------------------------- convergence
+
+def _numpy_relative_correction(x, g, scale, n_orders):
+    """The refinement's measure written out in NumPy: per derivative order ``o``,
+    ``max|g_o| / max|x_o|``, over the orders whose ``max |x_o| * scale_o`` exceeds
+    ``INVISIBLE_ORDER`` times the largest order's; inf if anything is not finite."""
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(g))):
+        return np.inf
+    seen = [np.max(np.abs(x[:, o::n_orders]) * scale[:, o::n_orders]) for o in range(n_orders)]
+    worst = 0.0
+    for o in range(n_orders):
+        gmax = np.max(np.abs(g[:, o::n_orders]))
+        if gmax > 0 and seen[o] > INVISIBLE_ORDER * max(seen):
+            worst = max(worst, gmax / np.max(np.abs(x[:, o::n_orders])))
+    return worst
+
+
+@pytest.mark.parametrize("case", ["random", "invisible", "nan", "inf"])
+def test_relative_correction_in_one_span_and_in_several(case):
+    """The one definition both backends use (kernels/residual.py): the host folds all T
+    steps as one span, the device folds spans in parallel and merges their records; both
+    must give the NumPy formula exactly (maxima and one division: no rounding apart)."""
+    T, D, O = 11, 2, 3
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((T, D * O))
+    g = 1e-6 * rng.standard_normal((T, D * O))
+    scale = rng.uniform(0.5, 2.0, (T, D * O))
+    if case == "invisible":  # order 2 contributes 1e-12 of the rows: left out
+        x[:, 2::O] *= 1e-12
+        g[:, 2::O] = 1.0
+    elif case == "nan":
+        g[4, 1] = np.nan
+    elif case == "inf":
+        x[9, 0] = np.inf
+    expected = _numpy_relative_correction(x, g, scale, O)
+    record = np.empty(correction_record_size(O))
+    assert relative_correction(x, g, scale, O, record) == expected
+    total = np.empty_like(record)
+    clear_correction_record(total)
+    for first in range(0, T, 4):  # spans 0-3, 4-7, 8-10
+        clear_correction_record(record)
+        add_correction_span(x, g, scale, O, first, min(first + 4, T), record)
+        merge_correction_records(total, record)
+    assert relative_correction_of(total, O) == expected
+    if case == "invisible":
+        assert expected < 1e-3  # order 2's huge relative correction was ignored

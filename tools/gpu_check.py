@@ -161,7 +161,7 @@ def enable_disk_cache():
     from numba.cuda.dispatcher import CUDADispatcher
 
     count = 0
-    for name in ("arrays", "thread", "block", "partitioned", "gradient"):
+    for name in ("arrays", "thread", "block", "partitioned", "gradient", "refine"):
         module = importlib.import_module(f"bandsolve.gpu.{name}")
         for value in vars(module).values():
             if isinstance(value, CUDADispatcher) and not value.targetoptions.get("device"):

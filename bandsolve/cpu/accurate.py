@@ -24,7 +24,8 @@ import numpy as np
 from .._jit import jit_helper, jit_kernel, jit_routine
 from ..formulation import n_taylor_orders
 from ..kernels.assembly import assemble_block_row_cached, rhs_step
-from ..kernels.residual import ACCEPT_CORRECTION, add_residual_product
+from ..kernels.residual import (ACCEPT_CORRECTION, add_residual_product,
+                                correction_record_size, relative_correction)
 from ..kernels.row_qr import QR_PIVOT_TOL, row_qr_factor, row_qr_work_rows
 from ..kernels.banded import (CHOLESKY_PIVOT_TOL, backward_substitute, diagonal_of_product,
                               factor_block_row, forward_substitute, forward_substitute_step)
@@ -41,12 +42,6 @@ CONVERGED = 0
 NOT_CONVERGED = 1
 
 
-# An order whose solution is this small, measured as its contribution to the rows
-# (|x_k| times the norm of its column of A), relative to the largest order's, is
-# rounding noise to the rows: its own relative correction says nothing.
-INVISIBLE_ORDER = 1e-10
-
-
 @jit_helper
 def _column_norms(lower, scale):
     """``scale[t, k] = sqrt(M_kk)``, the norm of unknown k's column of the rows, from the
@@ -59,27 +54,10 @@ def _column_norms(lower, scale):
 @jit_helper
 def _relative_correction(x, g, scale, n_orders):
     """``max_o max|g_o| / max|x_o|`` over derivative orders ``o`` (x, g, scale
-    ``(T, n)``), leaving out orders invisible to the rows (``INVISIBLE_ORDER``)."""
-    n = x.shape[1]
-    seen = 0.0
-    for t in range(x.shape[0]):
-        for k in range(n):
-            seen = max(seen, abs(x[t, k]) * scale[t, k])
-    worst = 0.0
-    for o in range(n_orders):
-        gmax = 0.0
-        xmax = 0.0
-        seen_o = 0.0
-        for t in range(x.shape[0]):
-            for k in range(o, n, n_orders):
-                gmax = max(gmax, abs(g[t, k]))
-                xmax = max(xmax, abs(x[t, k]))
-                seen_o = max(seen_o, abs(x[t, k]) * scale[t, k])
-        if gmax > 0.0 and seen_o > INVISIBLE_ORDER * seen:
-            worst = max(worst, gmax / xmax)
-    if not (worst < math.inf):  # NaN as well
-        return math.inf
-    return worst
+    ``(T, n)``), leaving out orders invisible to the rows: the definition shared with the
+    device, ``kernels/residual.py::relative_correction`` (``INVISIBLE_ORDER``)."""
+    return relative_correction(x, g, scale, n_orders,
+                               np.empty(correction_record_size(n_orders)))
 
 
 @jit_routine

@@ -63,25 +63,14 @@ def cholesky_cooperative(a, tid, n_threads):
     return 0
 
 
-# ----------------------------------------------------------------------------- kernels
-
-@cuda.jit
-def factor_kernel(coefficients, steps, shape, c_strides, h_strides, n_orders, n_init_steps,
-                  n_init_orders, we2, wi2, ws2, central, lower, info):
-    """Assemble and factor system ``s = block index``; arguments as in
-    ``thread.factor_kernel`` but lower ``(Bl, T, p+1, n, n)``."""
-    s = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    n_threads = cuda.blockDim.x
-    rows = cuda.shared.array((_SCRATCH, _SCRATCH), numba.float64)
-    drows = cuda.shared.array((_SCRATCH, _SCRATCH), numba.float64)
-    system = lower[s]
-    c = coefficients[_source_row(s, shape, c_strides)]
-    h = steps[_source_row(s, shape, h_strides)]
+@cuda.jit(device=True)
+def factor_system(c, h, system, n_orders, n_init_steps, n_init_orders, we2, wi2, ws2, central,
+                  rows, drows, tid, n_threads):
+    """Assemble and factor one system, lower ``(T, p+1, n, n)``, by the whole thread
+    block (rows/drows: shared scratch); returns 0 or ``t + 1`` for the first block row
+    whose pivot was not positive (the same value in every thread)."""
     n_steps = system.shape[0]
     n = system.shape[2]
-    if tid == 0:
-        info[s] = 0
     for t in range(n_steps):
         row = system[t]
         for i in range(tid, n, n_threads):
@@ -94,30 +83,17 @@ def factor_kernel(coefficients, steps, shape, c_strides, h_strides, n_orders, n_
         cuda.syncthreads()  # the diagonal update reads other threads' rows
         _diagonal_update_rows(system, t, tid, n_threads)
         cuda.syncthreads()
-        status = cholesky_cooperative(row[0], tid, n_threads)
-        if status != 0:
-            if tid == 0:
-                info[s] = t + 1
-            return
+        if cholesky_cooperative(row[0], tid, n_threads) != 0:
+            return t + 1
+    return 0
 
 
-@cuda.jit
-def solve_kernel(lower, info, shape, l_strides, x):
-    """``x[i] <- M^{-1} x[i]`` for right-hand side ``i = block index``; x ``(B, T, n)``,
-    lower ``(Bl, T, p+1, n, n)``. A failed factor gives NaN."""
-    i = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    n_threads = cuda.blockDim.x
-    s = _source_row(i, shape, l_strides)
-    v = x[i]
+@cuda.jit(device=True)
+def solve_system(system, v, tid, n_threads):
+    """``v <- M^{-1} v`` for one factor ``(T, p+1, n, n)`` and v ``(T, n)``, by the whole
+    thread block."""
     n_steps = v.shape[0]
     n = v.shape[1]
-    if info[s] != 0:
-        for t in range(n_steps):
-            for a in range(tid, n, n_threads):
-                v[t, a] = math.nan
-        return
-    system = lower[s]
     p = system.shape[1] - 1
     for t in range(n_steps):  # v <- L^{-1} v
         for a in range(tid, n, n_threads):
@@ -143,3 +119,42 @@ def solve_kernel(lower, info, shape, l_strides, x):
         if tid == 0:
             _solve_lower_transpose(system[t, 0], v[t])
         cuda.syncthreads()
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@cuda.jit
+def factor_kernel(coefficients, steps, shape, c_strides, h_strides, n_orders, n_init_steps,
+                  n_init_orders, we2, wi2, ws2, central, lower, info):
+    """Assemble and factor system ``s = block index``; arguments as in
+    ``thread.factor_kernel`` but lower ``(Bl, T, p+1, n, n)``."""
+    s = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    rows = cuda.shared.array((_SCRATCH, _SCRATCH), numba.float64)
+    drows = cuda.shared.array((_SCRATCH, _SCRATCH), numba.float64)
+    status = factor_system(coefficients[_source_row(s, shape, c_strides)],
+                           steps[_source_row(s, shape, h_strides)], lower[s], n_orders,
+                           n_init_steps, n_init_orders, we2, wi2, ws2, central, rows, drows,
+                           tid, cuda.blockDim.x)
+    if tid == 0:
+        info[s] = status
+
+
+@cuda.jit
+def solve_kernel(lower, info, shape, l_strides, skip, x):
+    """``x[i] <- M^{-1} x[i]`` for right-hand side ``i = block index``; x ``(B, T, n)``,
+    lower ``(Bl, T, p+1, n, n)``. A failed factor gives NaN; ``skip`` as in
+    ``thread.solve_kernel``."""
+    i = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    n_threads = cuda.blockDim.x
+    s = _source_row(i, shape, l_strides)
+    v = x[i]
+    if info[s] != 0:
+        for t in range(v.shape[0]):
+            for a in range(tid, v.shape[1], n_threads):
+                v[t, a] = math.nan
+        return
+    if skip[i] != 0:  # the same for every thread of the block: no barrier is left waiting
+        return
+    solve_system(lower[s], v, tid, n_threads)

@@ -32,7 +32,7 @@ import tempfile
 import time
 
 #: Modules whose ``@cuda.jit`` kernels must all be covered.
-KERNEL_MODULES = ("arrays", "thread", "block", "partitioned", "gradient")
+KERNEL_MODULES = ("arrays", "thread", "block", "partitioned", "gradient", "refine")
 
 
 # ----------------------------------------------------------------------------- step 1

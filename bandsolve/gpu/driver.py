@@ -26,7 +26,7 @@ import numpy as np
 from .. import _problem
 from .. import _validation as v
 from ..kernels.partitioned import n_chunks_for
-from ..kernels.residual import ACCEPT_CORRECTION
+from ..kernels.residual import ACCEPT_CORRECTION, correction_record_size
 from ..errors import raise_if_failed
 from . import arrays, block, config, gradient, partitioned, refine, thread
 from ._runtime import Device, batch_maps, numba_view, numba_view_strided, shape_of
@@ -153,14 +153,17 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
     ``stream=`` (default: CuPy's current stream for CuPy inputs, else Numba's default).
     """
 
-    def __init__(self, lhs, algorithm, lower_user, lower, status, device, partition=None):
+    def __init__(self, lhs, algorithm, lower_user, lower, status, device, partition=None,
+                 scale=None):
         self._lhs = lhs
         self.algorithm = algorithm
         self._lower_user = lower_user
         self._lower = lower
         self.status = status
         self._device = device
-        self._partition = partition  # (n_chunks, chunk, reduced) for "partitioned"
+        self._partition = partition  # (n_chunks, chunk, reduced, sequential) if "partitioned"
+        self._scale = scale  # sqrt(M_kk) (Bl, T, n), made by the first refinement if None
+        self._refinement_steps = None  # corrections per system of the last refinement
 
     def __repr__(self):
         return f"DeviceSMNNFactorization({self._repr_fields()}, algorithm={self.algorithm!r})"
@@ -266,51 +269,141 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         device.launch(gradient.rhs_kernel, B * T, lhs.coefficients, rhs_flat, init_flat,
                       shape, strides["coefficients"], strides["rhs"], strides["init"],
                       O, Ti, Oi, we2, wi2, x)
-        self._substitute(device, x, shape, strides["factor"])
-        self._refine(device, x, shape, strides, rhs_flat, init_flat, None)
+        started = self._start(device, B, shape, strides["factor"])
+        self._substitute(device, x, shape, strides["factor"], started[0])
+        self._refine(device, x, shape, strides, rhs_flat, init_flat, None, started)
         return _to_user(device, x_user, x, lhs.dtype).reshape(u_shape), x
 
-    def _refine(self, device, x, shape, strides, rhs_flat, init_flat, extra):
-        """``refine.REFINE_STEPS`` steps ``x += M^{-1} A^T (beta - A x)`` in place (x
-        ``(B, T, n)``), or of the plain system ``M x = extra`` when ``extra`` is given;
-        the residual is formed from the rows (``refine.residual_kernel``)."""
+    def _start(self, device, B, shape, factor_strides):
+        """The refinement state of a new solve ``(state, applied, last)``, each ``(B,)``:
+        ``REFINING``, or ``FAILED`` where the factor failed; no correction applied yet
+        (``refine.start_kernel``)."""
+        state, applied, last = (device.scratch((B,), np.int64) for _ in range(3))
+        device.launch(refine.start_kernel, B, shape, factor_strides, self.status._info, state,
+                      applied, last)
+        return state, applied, last
+
+    def _column_norms(self, device):
+        """``sqrt(M_kk)`` ``(Bl, T, n)`` for the convergence measure, from the factor
+        (computed once per factorisation; the parallel-in-time assembly keeps it)."""
+        if self._scale is None:
+            lhs = self._lhs
+            n_lhs = math.prod(lhs.batch_shape)
+            self._scale = device.scratch((n_lhs, lhs.n_steps, lhs.block_size), COMPUTE)
+            kernel = (refine.thread_column_norms_kernel if self.algorithm == "thread"
+                      else refine.block_column_norms_kernel)
+            device.launch(kernel, n_lhs * lhs.n_steps, self._lower, self._scale)
+        return self._scale
+
+    def _refine(self, device, x, shape, strides, rhs_flat, init_flat, extra, started):
+        """Refine x ``(B, T, n)`` in place, ``x += M^{-1} A^T (beta - A x)``, or for the plain
+        system ``M x = extra`` when ``extra`` is given, by the host's rule decided on the
+        device (``refine`` module docstring): at most ``refine.MAX_REFINE_STEPS`` steps;
+        each system stops when converged, and one that fails gets NaN and status -1.
+        ``started``: :meth:`_start`'s arrays. The number of corrections each system took
+        is kept in ``_refinement_steps`` ``(B,)`` (device, int64; for tests and
+        diagnostics)."""
         B, T, n = shape_of(x)
-        if not refine.REFINE_STEPS or B * T == 0:
+        max_steps = refine.MAX_REFINE_STEPS
+        if not max_steps or B * T == 0:
+            self._refinement_steps = None
             return
-        lhs = self._lhs
+        factor_strides = strides["factor"]
         correction = device.scratch((B, T, n), COMPUTE)
-        for step in range(refine.REFINE_STEPS):
+        n_spans = refine.spans_for(T)[1]
+        records = device.scratch(
+            (B, n_spans, correction_record_size.py_func(self._lhs.n_orders)), COMPUTE)
+        state, applied, last = started
+        previous = device.scratch((B,), COMPUTE)
+        refinement = (rhs_flat, init_flat, extra, state, correction, records, applied,
+                      last, previous)
+        self._refine_steps(device, x, shape, strides, *refinement, first_tag=1)
+        if self.algorithm == "partitioned":
+            self._retry_sequentially(device, x, shape, strides, *refinement,
+                                     first_tag=max_steps + 1)
+        device.launch(refine.finish_kernel, B, state, shape, factor_strides,
+                      self.status._info)
+        self._refinement_steps = applied
+
+    def _refine_steps(self, device, x, shape, strides, rhs_flat, init_flat, extra, state,
+                      correction, records, applied, last, previous, *, first_tag,
+                      from_zero=False):
+        """The refinement steps (``MAX_REFINE_STEPS`` of them, numbered ``first_tag``
+        on for ``apply_kernel``); ``from_zero``: first the solve of the systems restarted
+        from ``x = 0`` (their first residual is the right-hand side itself), numbered
+        ``first_tag - 1``; only the sequential factors' systems are still refining then."""
+        B, T, n = shape_of(x)
+        lhs = self._lhs
+        max_steps = refine.MAX_REFINE_STEPS
+        factor_strides = strides["factor"]
+        span, n_spans = refine.spans_for(T)
+        scale = self._column_norms(device)
+        for step in range(-1 if from_zero else 0, max_steps):
+            tag = first_tag + step
             device.launch(refine.residual_kernel, B * T, lhs.coefficients, lhs.steps,
                           rhs_flat, init_flat, shape, strides["coefficients"],
                           strides["steps"], strides["rhs"], strides["init"],
-                          *lhs.kernel_scalars(), extra is None, x,
+                          *lhs.kernel_scalars(), extra is None, state, x,
                           correction if extra is None else extra, correction)
-            self._substitute(device, correction, shape, strides["factor"])
-            if step == refine.REFINE_STEPS - 1:  # still large: not converged, fail it
-                device.launch(refine.divergence_kernel, B, x, correction, shape,
-                              strides["factor"], ACCEPT_CORRECTION, self.status._info)
-            device.launch(refine.add_kernel, B * T * n, arrays.flat(x),
-                          arrays.flat(correction))
+            self._substitute(device, correction, shape, factor_strides, state,
+                             sequential_only=from_zero)
+            if step >= 0:
+                device.launch(refine.correction_spans_kernel, B * n_spans, x, correction,
+                              scale, shape, factor_strides, state, lhs.n_orders, span,
+                              records)
+                device.launch(refine.decision_kernel, B, records, lhs.n_orders, step,
+                              max_steps, ACCEPT_CORRECTION, tag, state, applied, last,
+                              previous)
+            device.launch(refine.apply_kernel, B * T * n, x, correction, state, last, tag)
 
-    def _substitute(self, device, x, shape, factor_strides):
-        """``x[i] <- M_{factor(i)}^{-1} x[i]`` in place for x ``(B, T, n)``."""
+    def _retry_sequentially(self, device, x, shape, strides, *refinement, first_tag):
+        """Parallel-in-time only: the right-hand sides whose refinement failed with a
+        partitioned factor that passed the pivot tests get their factor redone by the
+        sequential block kernels (QR fallback included, in place) and are solved and
+        refined again from ``x = 0``. Decided on the device: where nothing failed, every
+        kernel returns at once (about ``5 * MAX_REFINE_STEPS + 10`` empty launches)."""
+        B, T, n = shape_of(x)
+        state, applied, last = refinement[3], refinement[6], refinement[7]
+        factor_strides = strides["factor"]
+        info = self.status._info
+        device.launch(partitioned.mark_unconverged_kernel, B, state, shape, factor_strides,
+                      info, self._partition[3])
+        _sequential_retry(device, self._lhs, self._lower, info, self._partition[3])
+        device.launch(refine.restart_kernel, B * T * n, x, state)
+        device.launch(refine.resume_kernel, B, state, shape, factor_strides, info, first_tag,
+                      applied, last)
+        self._refine_steps(device, x, shape, strides, *refinement, first_tag=first_tag + 1,
+                           from_zero=True)
+
+    def _substitute(self, device, x, shape, factor_strides, skip, sequential_only=False):
+        """``x[i] <- M_{factor(i)}^{-1} x[i]`` in place for x ``(B, T, n)``, except where
+        ``skip[i] != 0`` (``(B,)``). ``sequential_only``: parallel-in-time, where every
+        right-hand side not skipped has a sequential factor (the retry's solves)."""
         B, T, n = shape_of(x)
         info = self.status._info
-        if self.algorithm == "thread":
-            device.launch(thread.solve_kernel, B, self._lower, info, shape, factor_strides, x)
+        if self.algorithm == "partitioned" and sequential_only:
+            device.launch_blocks(partitioned.sequential_solve_kernel, B, _block_threads(n),
+                                 self._lower, info, self._partition[3], shape,
+                                 factor_strides, skip, x)
+        elif self.algorithm == "thread":
+            device.launch(thread.solve_kernel, B, self._lower, info, shape, factor_strides,
+                          skip, x)
         elif self.algorithm == "block":
             device.launch_blocks(block.solve_kernel, B, _block_threads(n), self._lower, info,
-                                 shape, factor_strides, x)
+                                 shape, factor_strides, skip, x)
         else:
-            n_chunks, chunk, reduced = self._partition
+            n_chunks, chunk, reduced, sequential = self._partition
             work = device.scratch((B, T, n), COMPUTE)
             xs = device.scratch((B, max(n_chunks - 1, 1), shape_of(reduced)[-1]), COMPUTE)
-            device.launch(partitioned.solve_chunks_kernel, B * n_chunks, self._lower, info,
-                          shape, factor_strides, x, n_chunks, chunk)
-            device.launch(partitioned.solve_separators_kernel, B, self._lower, reduced, info,
-                          shape, factor_strides, x, xs, n_chunks, chunk)
-            device.launch(partitioned.correct_chunks_kernel, B * n_chunks, self._lower, info,
-                          shape, factor_strides, x, work, n_chunks, chunk)
+            lower = self._lower
+            device.launch(partitioned.solve_chunks_kernel, B * n_chunks, lower, info,
+                          sequential, shape, factor_strides, skip, x, n_chunks, chunk)
+            device.launch(partitioned.solve_separators_kernel, B, lower, reduced, info,
+                          sequential, shape, factor_strides, skip, x, xs, n_chunks, chunk)
+            device.launch(partitioned.correct_chunks_kernel, B * n_chunks, lower, info,
+                          sequential, shape, factor_strides, skip, x, work, n_chunks, chunk)
+            device.launch_blocks(partitioned.sequential_solve_kernel, B, _block_threads(n),
+                                 lower, info, sequential, shape, factor_strides, skip, x)
 
     def _backward(self, device, rhs, init, batch, x, ubar):
         lhs = self._lhs
@@ -333,11 +426,12 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
                                     steps=lhs.steps_batch, rhs=shape_of(rhs)[:-2],
                                     init=(), factor=lhs.batch_shape)
-        self._substitute(device, y, shape, strides["factor"])
+        started = self._start(device, B, shape, strides["factor"])
+        self._substitute(device, y, shape, strides["factor"], started[0])
         rhs_shape = shape_of(rhs)
         self._refine(device, y, shape, strides,
                      rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:]),
-                     device.scratch((1, 1, 1, 1), COMPUTE), target)
+                     device.scratch((1, 1, 1, 1), COMPUTE), target, started)
         return self._gradients(device, rhs, init, batch, x, y, shape, strides)
 
     def _zero_gradients(self, device, rhs_shape, init_shape):
@@ -431,15 +525,17 @@ def _factor(device, lhs, algorithm):
     status = Status(info_user, info, lhs.batch_shape, device)
     shape, c_strides, h_strides = lhs.lhs_maps()
     scalars = lhs.kernel_scalars()
-    partition = None
+    partition = scale = None
     if algorithm == "thread":
         lower_user, lower = device.empty((T, p + 1, n, n, n_lhs), COMPUTE)
         device.launch(thread.factor_kernel, n_lhs, lhs.coefficients, lhs.steps, shape,
                       c_strides, h_strides, *scalars, lower, info)
+        _qr_fallback(device, lhs, refine.thread_fallback_kernel, lower, info)
     elif algorithm == "block":
         lower_user, lower = device.empty((n_lhs, T, p + 1, n, n), COMPUTE)
         device.launch_blocks(block.factor_kernel, n_lhs, _block_threads(n), lhs.coefficients,
                              lhs.steps, shape, c_strides, h_strides, *scalars, lower, info)
+        _qr_fallback(device, lhs, refine.block_fallback_kernel, lower, info)
     else:
         chunk = config.chunk_length(T, n_lhs, p)
         n_chunks = n_chunks_for(T, p, chunk)
@@ -449,22 +545,41 @@ def _factor(device, lhs, algorithm):
         schur = device.scratch((n_lhs, n_chunks, 3, pn, pn), COMPUTE)
         chunk_status = device.scratch((n_lhs, n_chunks), np.int64)
         reduced = device.scratch((n_lhs, max(n_chunks - 1, 1), 2, pn, pn), COMPUTE)
+        scale = device.scratch((n_lhs, T, n), COMPUTE)
         device.launch(partitioned.assemble_kernel, n_lhs * T, lhs.coefficients, lhs.steps,
-                      shape, c_strides, h_strides, *scalars, lower)
+                      shape, c_strides, h_strides, *scalars, lower, scale)
         device.launch(partitioned.factor_chunks_kernel, n_lhs * n_chunks, lower, work,
                       n_chunks, chunk, schur, chunk_status)
         device.launch(partitioned.factor_reduced_kernel, n_lhs, lower, schur, chunk_status,
                       n_chunks, chunk, reduced, info)
-        partition = (n_chunks, chunk, reduced)
-    if algorithm != "partitioned":
-        _qr_fallback(device, lhs, algorithm, lower, info)
+        # systems that failed (a pivot not positive, or failing the relative test) are
+        # refactored by the sequential block kernels, with their QR fallback, in place
+        sequential = device.scratch((n_lhs,), np.int64)
+        device.launch(partitioned.mark_failed_kernel, n_lhs, info, sequential)
+        _sequential_retry(device, lhs, lower, info, sequential)
+        partition = (n_chunks, chunk, reduced, sequential)
     return DeviceSMNNFactorization(lhs, algorithm, lower_user, lower, status, device,
-                                   partition)
+                                   partition, scale)
 
 
-def _qr_fallback(device, lhs, algorithm, lower, info):
+def _sequential_retry(device, lhs, lower, info, sequential):
+    """Refactor the ``PENDING`` systems of a parallel-in-time factorisation with the
+    sequential block kernels and their QR fallback, in place (lower ``(Bl, T, p+1, n,
+    n)``); they become ``SEQUENTIAL``. Decided on the device, no synchronisation."""
+    shape, c_strides, h_strides = lhs.lhs_maps()
+    device.launch_blocks(partitioned.sequential_factor_kernel, math.prod(lhs.batch_shape),
+                         _block_threads(lhs.block_size), lhs.coefficients, lhs.steps, shape,
+                         c_strides, h_strides, *lhs.kernel_scalars(), sequential, lower,
+                         info)
+    _qr_fallback(device, lhs, partitioned.sequential_fallback_kernel, lower, info,
+                 sequential)
+
+
+def _qr_fallback(device, lhs, kernel, lower, info, *selection):
     """Refactor by the row QR sweep the systems whose Cholesky factor failed or is weak
-    (``refine.fallback``; decided on the device, no synchronisation)."""
+    (``refine.fallback``; decided on the device, no synchronisation). ``kernel``: one of
+    the fallback kernels; ``selection``: its arguments before ``lower`` that say which
+    systems it may touch (the parallel-in-time retry's)."""
     n_lhs = math.prod(lhs.batch_shape)
     per_launch, rows, width = refine.qr_scratch_shape(
         n_lhs, lhs.n_equations, lhs.n_dims, lhs.n_orders, lhs.central)
@@ -473,11 +588,10 @@ def _qr_fallback(device, lhs, algorithm, lower, info):
     shape, c_strides, h_strides = lhs.lhs_maps()
     O, Ti, Oi = lhs.n_orders, lhs.n_init_steps, lhs.n_init_orders
     we, wi, ws = (float(w) for w in lhs.weights)
-    kernel = refine.thread_fallback_kernel if algorithm == "thread" else refine.block_fallback_kernel
     for first in range(0, n_lhs, per_launch):
         device.launch(kernel, min(per_launch, n_lhs - first), lhs.coefficients, lhs.steps,
                       shape, c_strides, h_strides, O, Ti, Oi, we, wi, ws, lhs.central, first,
-                      lower, work, colsq, info)
+                      *selection, lower, work, colsq, info)
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -59,10 +59,11 @@ def factor_kernel(coefficients, steps, shape, c_strides, h_strides, n_orders, n_
 
 
 @cuda.jit
-def solve_kernel(lower, info, shape, l_strides, x):
+def solve_kernel(lower, info, shape, l_strides, skip, x):
     """``x[i] <- M^{-1} x[i]`` for right-hand side ``i = thread``; x ``(B, T, n)``.
 
-    The factor of ``i`` is ``lower[..., source_row(i)]``; a failed factor gives NaN."""
+    The factor of ``i`` is ``lower[..., source_row(i)]``; a failed factor gives NaN;
+    ``x[i]`` is left alone where ``skip[i] != 0`` (``(B,)``: refinement has stopped)."""
     i = cuda.grid(1)
     if i >= x.shape[0]:
         return
@@ -72,6 +73,8 @@ def solve_kernel(lower, info, shape, l_strides, x):
         for t in range(v.shape[0]):
             for a in range(v.shape[1]):
                 v[t, a] = math.nan
+        return
+    if skip[i] != 0:
         return
     system = lower[:, :, :, :, s]
     _forward_substitute(system, v)

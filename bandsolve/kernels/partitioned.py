@@ -27,13 +27,17 @@ separator are the couplings ``M[I, S]``: ``factor_block_row`` on the interior's 
 reads them. Work is about 3x that of the sequential sweep, spread over ``P`` chunks; the
 sequential part is ``P - 1`` block rows of size ``p n``.
 
+The relative pivot test of the sequential kernels applies to both factorisations
+(``weak_chunk_pivot``, ``weak_separator_pivot``: each pivot against the diagonal entry of
+``M`` it came from).
+
 Every function here is a ``jit_helper`` (plain loops), compiled for the CPU by
 ``bandsolve.cpu.partitioned`` (one ``prange`` iteration per chunk) and again from the same
 source for CUDA by ``bandsolve.gpu.partitioned`` (one thread per chunk).
 """
 
 from .._jit import jit_helper
-from .banded import backward_substitute, factor_block_row, forward_substitute
+from .banded import backward_substitute, factor_block_row, forward_substitute, weak_pivot_step
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -205,6 +209,38 @@ def factor_reduced(lower, schur, chunk_status, n_chunks, chunk, reduced):
                     reduced[g, 1, r, col] = -schur[g, 2, r, col]
         if factor_block_row(reduced[:n_chunks - 1], g) != 0:
             return s0 + 1
+    return 0
+
+
+@jit_helper
+def weak_chunk_pivot(lower, c, n_chunks, chunk, tol):
+    """0, or ``t + 1`` for the first block row ``t`` of interior ``c`` (factored by
+    :func:`factor_chunk`) with a pivot ``L_kk^2 <= tol * M_kk``: the sequential kernels'
+    relative pivot test (``banded.weak_pivot_step``; ``M_{I_c}`` is a principal block of
+    ``M``, so its diagonal is ``M``'s)."""
+    n_steps = lower.shape[0]
+    p = lower.shape[1] - 1
+    start = chunk_start(c, p, chunk)
+    stop = chunk_stop(c, n_chunks, n_steps, p, chunk)
+    weak = weak_pivot_step(lower[start:stop], tol)
+    return 0 if weak == 0 else start + weak
+
+
+@jit_helper
+def weak_separator_pivot(lower, reduced, n_chunks, chunk, tol):
+    """0, or ``s + 1`` for the first separator block row ``s`` whose pivot in the factor
+    of the Schur complement (:func:`factor_reduced`) has ``L_qq^2 <= tol * M_qq``, with
+    ``M``'s own diagonal (kept in the separator rows of lower): like the sequential
+    test, each pivot is measured against the diagonal entry of ``M`` it came from."""
+    n_steps = lower.shape[0]
+    p = lower.shape[1] - 1
+    n = lower.shape[2]
+    for g in range(n_chunks - 1):
+        s0 = chunk_stop(g, n_chunks, n_steps, p, chunk)
+        for q in range(p * n):
+            pivot = reduced[g, 0, q, q]
+            if not (pivot * pivot > tol * lower[s0 + q // n, 0, q % n, q % n]):
+                return s0 + q // n + 1
     return 0
 
 

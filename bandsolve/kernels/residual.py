@@ -9,6 +9,8 @@ number; row by row, each residual ``a_r . x - beta_r`` is formed first and is sm
 weights appear (``A^T A`` and ``A^T beta`` carry ``w^2``). Work: O(T (E n + D K O)).
 """
 
+import math
+
 from .._jit import jit_helper, jit_routine
 from ..formulation import central_weights, n_taylor_orders, taylor_rows
 from .assembly import central_entry, central_order, central_row_dot, taylor_row_dot, time_index
@@ -131,3 +133,82 @@ def residual_step(coefficients, steps, rhs, init, x, t, n_orders, n_init_steps,
                 base = d * n_orders
                 res = ws2 * central_row_dot(alpha, beta, x, t0, base, n_orders)
                 out[base + central_order(q, n_orders)] -= entry * res
+
+
+# ----------------------------------------------------------------------------- convergence
+# The relative size of a refinement correction, per derivative order, in two levels so
+# that a CUDA kernel can split the time axis: partial maxima over a span of steps, merged
+# over the spans, then one decision. The host takes all steps as one span.
+
+# An order whose solution is this small, measured as its contribution to the rows
+# (|x_k| times the norm of its column of A), relative to the largest order's, is
+# rounding noise to the rows: its own relative correction says nothing.
+INVISIBLE_ORDER = 1e-10
+
+
+@jit_helper
+def correction_record_size(n_orders):
+    """Length of a partial record: ``max|g_o|, max|x_o|, max|x_o| * scale_o`` per order,
+    then a flag (1.0: some entry of x or g was not finite)."""
+    return 3 * n_orders + 1
+
+
+@jit_helper
+def clear_correction_record(record):
+    for q in range(record.shape[0]):
+        record[q] = 0.0
+
+
+@jit_helper
+def add_correction_span(x, g, scale, n_orders, first, stop, record):
+    """Fold steps ``first .. stop-1`` of x, g, scale ``(T, n)`` (unknown ``k`` is order
+    ``k % n_orders``; scale ``sqrt(M_kk)``) into ``record`` (see
+    :func:`correction_record_size`)."""
+    n = x.shape[1]
+    flag = 3 * n_orders
+    for t in range(first, stop):
+        for k in range(n):
+            o = k % n_orders
+            gk = abs(g[t, k])
+            xk = abs(x[t, k])
+            if not (gk < math.inf and xk < math.inf):  # NaN as well
+                record[flag] = 1.0
+                continue
+            record[3 * o] = max(record[3 * o], gk)
+            record[3 * o + 1] = max(record[3 * o + 1], xk)
+            record[3 * o + 2] = max(record[3 * o + 2], xk * scale[t, k])
+
+
+@jit_helper
+def merge_correction_records(record, other):
+    """``record <- max(record, other)`` entrywise (both records of the same system)."""
+    for q in range(record.shape[0]):
+        record[q] = max(record[q], other[q])
+
+
+@jit_helper
+def relative_correction_of(record, n_orders):
+    """``max_o max|g_o| / max|x_o|`` over the derivative orders ``o`` that are visible to
+    the rows (``max|x_o| * scale_o > INVISIBLE_ORDER`` times the largest order's); inf if
+    an entry was not finite. The refinement's convergence measure, on both backends."""
+    if record[3 * n_orders] != 0.0:
+        return math.inf
+    seen = 0.0
+    for o in range(n_orders):
+        seen = max(seen, record[3 * o + 2])
+    worst = 0.0
+    for o in range(n_orders):
+        if record[3 * o] > 0.0 and record[3 * o + 2] > INVISIBLE_ORDER * seen:
+            worst = max(worst, record[3 * o] / record[3 * o + 1])
+    if not (worst < math.inf):
+        return math.inf
+    return worst
+
+
+@jit_helper
+def relative_correction(x, g, scale, n_orders, record):
+    """:func:`relative_correction_of` one system's x, g, scale ``(T, n)`` in one span;
+    record ``(correction_record_size(n_orders),)`` scratch."""
+    clear_correction_record(record)
+    add_correction_span(x, g, scale, n_orders, 0, x.shape[0], record)
+    return relative_correction_of(record, n_orders)
