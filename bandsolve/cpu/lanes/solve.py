@@ -27,8 +27,8 @@ import numpy as np
 
 from ..._jit import jit_kernel
 from ...kernels.banded import CHOLESKY_PIVOT_TOL
-from ...kernels.residual import ACCEPT_CORRECTION
-from ..accurate import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, EPS, INVISIBLE_ORDER,
+from ...kernels.residual import ACCEPT_CORRECTION, INVISIBLE_ORDER
+from ..accurate import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, EPS,
                         QR_MAX_STEPS, accurate_factor_solve_kernel)
 from ...kernels import codegen
 
