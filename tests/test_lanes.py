@@ -59,8 +59,16 @@ def lane_calls(monkeypatch):
         calls.plain_solved.append(int(ok.sum()))
         return y, ok
 
+    real_gradients = lanes.LaneFactor.gradients
+
+    def gradients_spy(self, *outputs):
+        calls.gradients.append(outputs[0].shape[0])
+        return real_gradients(self, *outputs)
+
     calls.plain_solved = []
+    calls.gradients = []
     monkeypatch.setattr(lanes.LaneFactor, "solve", plain_spy)
+    monkeypatch.setattr(lanes.LaneFactor, "gradients", gradients_spy)
     monkeypatch.setattr(lanes, "MIN_BLOCK_ROWS", 1)
     monkeypatch.setattr(lanes, "lane_solve", spy)
     monkeypatch.setattr(lanes, "accurate_factor_solve_kernel", HostSpy())
@@ -205,9 +213,11 @@ def _directional_derivative(problem, index, direction, ubar, eps=1e-6):
     return (8 * (value(eps) - value(-eps)) - (value(2 * eps) - value(-2 * eps))) / (12 * eps)
 
 
-def test_vjp_in_the_lanes_matches_finite_differences(lane_calls):
-    """``smnn_solve_vjp`` keeps the lane factor and solves ``M y = ubar`` in the lanes."""
-    problem = make_problem(8, batch=BATCH, T=6, **SHAPE, Ti=1, Oi=2)
+@pytest.mark.parametrize("broadcast", [{}, dict(coef_T=1, steps_T=1)])
+def test_vjp_in_the_lanes_matches_finite_differences(lane_calls, broadcast):
+    """``smnn_solve_vjp`` keeps the lane factor, solves ``M y = ubar`` and forms the
+    gradients in the lanes; inputs constant in time get gradients summed over time."""
+    problem = make_problem(8, batch=BATCH, T=6, **SHAPE, Ti=1, Oi=2, **broadcast)
     rng = np.random.default_rng(9)
     u, vjp = bandsolve.smnn_solve_vjp(*problem)
     assert lane_calls and not lane_calls.fallbacks
@@ -216,6 +226,7 @@ def test_vjp_in_the_lanes_matches_finite_differences(lane_calls):
     grads = vjp(ubar)
     assert len(lane_calls) == 1  # the backward pass did not factor again
     assert lane_calls.plain_solved == [BATCH[0]]  # every M y = ubar solved in the lanes
+    assert lane_calls.gradients == [BATCH[0]]  # and the sums over the rows made there
     for index, grad in enumerate(grads):
         assert grad.shape == problem[index].shape
         direction = rng.standard_normal(grad.shape)

@@ -458,6 +458,17 @@ central_smoothness=False, dtype=float64)
         return self._gradients(x, y, batch, lhs_index, rhs_flat, rhs_index,
                                rhs.shape, init.shape)
 
+    def _gradient_part(self, x, y, lhs_index, rhs_flat, rhs_index, part, coefficients_bar,
+                       rhs_bar, steps_bar):
+        """Per-system gradients of the systems ``part`` (a slice of the full batch) into
+        coefficients_bar ``(m, Tc, E, n)``, rhs_bar ``(m, Tr, E)``, steps_bar ``(m, Th)``."""
+        lhs = self._lhs
+        we, _, ws = lhs.weights
+        gradient_kernel.for_batch(coefficients_bar.shape[0], x.shape[1])(
+            lhs.coefficients, lhs.steps, lhs_index[part], rhs_flat, rhs_index[part],
+            x[part], y[part], lhs.n_orders, we * we, ws * ws, lhs.central,
+            coefficients_bar, rhs_bar, steps_bar)
+
     def _gradients(self, x, y, batch, lhs_index, rhs_flat, rhs_index, rhs_shape, init_shape):
         lhs = self._lhs
         B = x.shape[0]
@@ -479,10 +490,8 @@ central_smoothness=False, dtype=float64)
         for start in range(0, B, max(chunk, 1)):
             part = slice(start, min(start + chunk, B))
             m = part.stop - start
-            gradient_kernel.for_batch(m, x.shape[1])(
-                lhs.coefficients, lhs.steps, lhs_index[part], rhs_flat, rhs_index[part],
-                x[part], y[part], lhs.n_orders, we * we, ws * ws, lhs.central,
-                coefficients_bar[:m], rhs_bar[:m], steps_bar[:m])
+            self._gradient_part(x, y, lhs_index, rhs_flat, rhs_index, part,
+                                coefficients_bar[:m], rhs_bar[:m], steps_bar[:m])
             if chunk < B:
                 for total, index, values in zip(sums, (lhs_index, rhs_index, lhs_index),
                                                 (coefficients_bar, rhs_bar, steps_bar)):
@@ -516,7 +525,21 @@ class _LaneFactorization(SMNNFactorization):
     def __init__(self, lhs, lane_factor, status, check):
         self._lane_factor = lane_factor
         self._host_cholesky = None
+        self._lanes_hold_y = False  # the last M y = ubar was solved in the lanes, all of it
         super().__init__(lhs, None, status, check)
+
+    def _gradient_part(self, x, y, lhs_index, rhs_flat, rhs_index, part, coefficients_bar,
+                       rhs_bar, steps_bar):
+        n = self._lhs.coefficients.shape[0]
+        whole = (part.start == 0 and part.stop == n == x.shape[0] == rhs_flat.shape[0]
+                 and np.array_equal(lhs_index, np.arange(n))
+                 and np.array_equal(rhs_index, np.arange(n)))
+        if whole and self._lanes_hold_y and not self._lane_factor.failed.size:
+            # x and y are still in the lanes' layout there: the VJP's sums in the lanes
+            self._lane_factor.gradients(coefficients_bar, rhs_bar, steps_bar)
+            return
+        super()._gradient_part(x, y, lhs_index, rhs_flat, rhs_index, part,
+                               coefficients_bar, rhs_bar, steps_bar)
 
     @property
     def cholesky(self):
@@ -538,6 +561,7 @@ class _LaneFactorization(SMNNFactorization):
             return super()._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index,
                                     x, extra)
         y, ok = self._lane_factor.solve(extra)
+        self._lanes_hold_y = extra is not None and bool(ok.all())
         redo = np.flatnonzero(~ok)
         redo_extra = np.array(extra[redo])  # before x (which may be extra) is overwritten
         x[...] = y

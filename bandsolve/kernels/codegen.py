@@ -341,6 +341,60 @@ def _backward_step(lay, with_stats):
     return b.lines
 
 
+def _gradient_step(lay):
+    """Lane-loop body of one step of ``gradient``: the VJP's sums over the rows of step
+    ``t`` from ``x`` and ``y = M^{-1} ubar`` (``bandsolve/kernels/gradient.py``, the same
+    formulas): equation rows into ``c_bar`` ``(Tc, E*n)`` and ``r_bar`` ``(Tr, E)``, the
+    Taylor rows of pair (t, t+1) into ``h_bar`` ``(Th,)`` (``-ws^2`` times
+    ``sum (dA x)(A y) + (dA y)(A x)``, dA the derivative in h). Each output is
+    accumulated in place (read, then written, the same slot), so inputs broadcast in time
+    (stride 0) sum over the steps; the caller zeroes them."""
+    n, O, E, D = lay.n, lay.O, lay.E, lay.D
+    b = _Body(12)
+    xt = [b.let(f"xt_{i}", _ld("x", "ox", i)) for i in range(n)]
+    yt = [b.let(f"yt_{i}", _ld("y", "ox", i)) for i in range(n)]
+    for e in range(E):
+        ce = [b.let(f"c_{e}_{a}", _ld("coefficients", "oc", e * n + a)) for a in range(n)]
+        b(f"cx_{e} = {' + '.join(f'{ce[a]} * {xt[a]}' for a in range(n))}")
+        b(f"cy_{e} = {' + '.join(f'{ce[a]} * {yt[a]}' for a in range(n))}")
+        b(f"res_{e} = cx_{e} - {_ld('rhs', 'orr', e)}")
+        b(f"r_bar[g, orr + U({e} * W) + w] = {_ld('r_bar', 'orr', e)} + we2 * cy_{e}")
+        for a in range(n):
+            k = e * n + a
+            b(f"c_bar[g, oc + U({k} * W) + w] = {_ld('c_bar', 'oc', k)} - we2 * "
+              f"({yt[a]} * res_{e} + cy_{e} * {xt[a]})")
+    # the pair (t, t+1); at the last step its weight is 0 and x_{t+1} is read from t
+    xn = [b.let(f"xn_{i}", _ld("x", "oxn", i)) for i in range(n)]
+    yn = [b.let(f"yn_{i}", _ld("y", "oxn", i)) for i in range(n)]
+    rows = _taylor_entries(lay, b, "otn", "tn", "wsn")
+    # derivative rows in h: factor * power * h^(power-1), times the same weight
+    h = "tn_h"
+    powers = ["1.0", h] + [f"tn_p{p}" for p in range(2, O)]
+    drows = []
+    for q, entries in enumerate(lay.taylor):
+        row = [None] * (2 * O)
+        for c, slot in entries:
+            power, factor = lay.taylor_terms[slot]
+            if power:
+                row[c] = b.let(f"dtn_{q}_{c}",
+                               f"(wsn * {factor * power!r}) * {powers[power - 1]}")
+        drows.append(row)
+    terms = []
+    for d in range(D):
+        def dot(row, first, second):
+            parts = [f"{row[c]} * {(first if c < O else second)[d * O + c % O]}"
+                     for c in range(2 * O) if row[c] is not None]
+            return " + ".join(parts) if parts else "0.0"
+        for q in range(2 * O):
+            ax = b.let(f"ax_{d}_{q}", dot(rows[q], xt, xn))
+            ay = b.let(f"ay_{d}_{q}", dot(rows[q], yt, yn))
+            dax = b.let(f"dax_{d}_{q}", dot(drows[q], xt, xn))
+            day = b.let(f"day_{d}_{q}", dot(drows[q], yt, yn))
+            terms.append(f"{dax} * {ay} + {day} * {ax}")
+    b(f"h_bar[g, otn + w] = {_ld('h_bar', 'otn', 0)} - ({' + '.join(terms)})")
+    return b.lines
+
+
 def _residual_step(lay, with_beta):
     """Lane-loop body of one step of ``residual_forward``: ``g_t = [A^T (beta - A x)]_t``
     (its equations and initial values, the pair (t, t+1) whose share of ``g_{t+1}`` is
@@ -489,6 +543,8 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
         ("plain_residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, "
          "pins, we2, ws, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
          _residual_step(lay, False)),
+        ("gradient", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, we2, ws, "
+         "x, y, c_bar, r_bar, h_bar", "range(T)", step_offsets, _gradient_step(lay)),
     )
     for name, arguments, steps, offsets, body in kernels:
         if cuda:  # one thread per lane; W (the lanes of the one group) an argument

@@ -35,11 +35,11 @@ from ...kernels import codegen
 # Largest block the generated code is made for: the straight-line code of one step grows
 # like n^3 (n = 9: ~1.5k statements per kernel, ~30 s to compile once per machine).
 MAX_BLOCK = 10
-# Below this many block rows in all (a host solve of ~20-50 ms), the one-time compilation of
+# Below this many block rows in all (a host solve of ~5-10 ms), the one-time compilation of
 # a new shape (10-60 s, then cached on disk) is not worth it. Batches of fewer than
 # ``codegen.LANES`` systems (which would leave most lanes of a group empty) use the
 # one-lane build: straight-line code for one system.
-MIN_BLOCK_ROWS = 32768
+MIN_BLOCK_ROWS = 8192
 
 _modules = {}
 _lock = threading.Lock()
@@ -322,7 +322,23 @@ class LaneFactor:
         _unstage.for_batch(G * W, T)(0, self._B, W, y, out)
         ok = status.reshape(-1)[:self._B] == CONVERGED
         ok[self.failed] = False
+        self._y = y  # for gradients(): y in the lanes' layout
         return out, ok
+
+    def gradients(self, coefficients_bar, rhs_bar, steps_bar):
+        """The VJP's per-system sums from the kept solution ``x`` and the last
+        :meth:`solve`'s ``y`` into coefficients_bar ``(B, Tc, E, n)``, rhs_bar
+        ``(B, Tr, E)`` and steps_bar ``(B, Th)`` (as the host's ``gradient_kernel``)."""
+        a, st, W, G = self._a, self._strides, self._W, self._a["lower"].shape[0]
+        inputs = (a["c"], st["cs"], a["r"], st["rs"], a["g"], st["gs"], self._n_init,
+                  a["h"], st["hs"], self._pins, *self._weights)
+        outs = [np.zeros((G, math.prod(array.shape[1:]) * W)) if array.size else
+                np.zeros((G, W)) for array in (coefficients_bar, rhs_bar, steps_bar)]
+        self._mod.gradient(G, self._T, *inputs, a["x"], self._y, *outs)
+        for lane, array in zip(outs, (coefficients_bar, rhs_bar, steps_bar)):
+            if array.size:
+                per_system = np.moveaxis(lane.reshape(G, -1, W), -1, 1).reshape(G * W, -1)
+                array[...] = per_system[:self._B].reshape(array.shape)
 
 
 def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, ws, n_orders):
