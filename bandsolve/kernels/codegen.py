@@ -341,6 +341,27 @@ def _backward_step(lay, with_stats):
     return b.lines
 
 
+def _forward_step(lay):
+    """Lane-loop body of one step of ``forward``: ``v_t <- L_t^{-1} (v_t - Y_t^T v_{t-1})``
+    in place (the carry starts at zero)."""
+    n = lay.n
+    b = _Body(12)
+    vec = [b.let(f"e_{i}", _ld("v", "ov", i)) for i in range(n)]
+    zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
+    for i in range(n):
+        terms = [f"ys[g, oy + U({lay.y_slot[(q, i)]} * W) + w] * {zp[q]}"
+                 for q in range(n) if (q, i) in lay.y_slot]
+        if terms:
+            vec[i] = b.let(f"u_{i}", f"{vec[i]} - ({' + '.join(terms)})")
+    L = _load_packed(lay, b, "lower", "ol", "l")
+    z = _forward_solve(lay, b, L, vec, "z")
+    for i in range(n):
+        value = z[i] if z[i] is not None else "0.0"
+        b(f"v[g, ov + U({i} * W) + w] = {value}")
+        b(f"carry_z[g, U({i} * W) + w] = {value}")
+    return b.lines
+
+
 def _gradient_step(lay):
     """Lane-loop body of one step of ``gradient``: the VJP's sums over the rows of step
     ``t`` from ``x`` and ``y = M^{-1} ubar`` (``bandsolve/kernels/gradient.py``, the same
@@ -533,6 +554,9 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
         ("factor_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, "
          "we2, ws, tol, lower, ys, x, scale, ok, carry_l, carry_z", "range(T)",
          step_offsets, _factor_step(lay)),
+        ("forward", "lower, ys, v, carry_z", "range(T)",
+         ["tt = U(t)", "ol = tt * U(NP * W)", "oy = tt * U(NY * W)", "ov = tt * U(N * W)"],
+         _forward_step(lay)),
         ("backward", "lower, ys, v, x, scale, stats, carry_z", "range(T - 1, -1, -1)",
          _BACK_OFFSETS, _backward_step(lay, False)),
         ("correction_backward", "lower, ys, v, x, scale, stats, carry_z",

@@ -236,6 +236,16 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
 
 
 @jit_kernel
+def _unstage_rows(W, lanes, out):
+    """``out[b, k]`` ``(B, K)`` from the lane layout ``lanes[g, k*W + w]`` (one group
+    holds systems ``g*W .. g*W + W - 1``)."""
+    for b in numba.prange(out.shape[0]):
+        gl, w = b // W, b % W
+        for k in range(out.shape[1]):
+            out[b, k] = lanes[gl, k * W + w]
+
+
+@jit_kernel
 def _to_lanes(values, W, out):
     """Lane layout ``(G, T*n*W)`` of values ``(B, T, n)`` (lanes past B: zero)."""
     n_systems, n_steps, n = values.shape
@@ -305,14 +315,13 @@ class LaneFactor:
         _to_lanes.for_batch(G * W, T)(extra, W, e_l)
         inputs = (a["c"], st["cs"], a["r"], st["rs"], a["g"], st["gs"], self._n_init,
                   a["h"], st["hs"], self._pins, *self._weights)
-        y = np.zeros((G, T * n * W))
+        y = np.empty((G, T * n * W))
         v = np.empty_like(y)
-        carry_g = np.zeros((G, n * W))
         carry_z = np.zeros((G, n * W))
         stats = np.zeros((G, (3 * lay.O + 1) * W))
-        # y = M^{-1} extra: the plain residual of y = 0 is extra itself
-        mod.plain_residual_forward(G, T, *inputs, y, e_l, a["lower"], a["ys"], v, carry_g,
-                                   carry_z)
+        # y = M^{-1} extra, refined below
+        v[:] = e_l
+        mod.forward(G, T, a["lower"], a["ys"], v, carry_z)
         carry_z[:] = 0.0
         mod.backward(G, T, a["lower"], a["ys"], v, v, a["scale"], stats, carry_z)
         y, v = v, y
@@ -332,13 +341,17 @@ class LaneFactor:
         a, st, W, G = self._a, self._strides, self._W, self._a["lower"].shape[0]
         inputs = (a["c"], st["cs"], a["r"], st["rs"], a["g"], st["gs"], self._n_init,
                   a["h"], st["hs"], self._pins, *self._weights)
-        outs = [np.zeros((G, math.prod(array.shape[1:]) * W)) if array.size else
-                np.zeros((G, W)) for array in (coefficients_bar, rhs_bar, steps_bar)]
+        outs = []
+        for name, array in (("c_bar", coefficients_bar), ("r_bar", rhs_bar),
+                            ("h_bar", steps_bar)):
+            lane = _scratch(name, (G, max(1, math.prod(array.shape[1:])) * W))
+            lane[:] = 0.0  # the kernel accumulates (inputs broadcast in time sum)
+            outs.append(lane)
         self._mod.gradient(G, self._T, *inputs, a["x"], self._y, *outs)
         for lane, array in zip(outs, (coefficients_bar, rhs_bar, steps_bar)):
             if array.size:
-                per_system = np.moveaxis(lane.reshape(G, -1, W), -1, 1).reshape(G * W, -1)
-                array[...] = per_system[:self._B].reshape(array.shape)
+                _unstage_rows.for_batch(self._B, self._T)(W, lane,
+                                                          array.reshape(self._B, -1))
 
 
 def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, ws, n_orders):
