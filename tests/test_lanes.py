@@ -196,10 +196,12 @@ def test_sub_diagonal_structure():
 
 
 def test_small_or_central_problems_stay_off_the_lanes():
-    lhs_like = type("L", (), dict(central=False, n_steps=10, block_size=6))
+    lhs_like = type("L", (), dict(central=False, n_steps=10, block_size=6, n_equations=2))
     assert not lanes.applies(lhs_like, codegen.LANES)  # 80 block rows: not worth compiling
     assert lanes.applies(lhs_like, 10_000)  # 100k block rows
     lhs_like.central = True
+    assert not lanes.applies(lhs_like, 10_000)
+    lhs_like.central, lhs_like.n_equations = False, 0  # no equation rows: not generated
     assert not lanes.applies(lhs_like, 10_000)
 
 

@@ -60,7 +60,7 @@ def applies(lhs, n_systems):
     """Whether the lane kernels take this problem (``n_systems`` systems, one right-hand
     side each)."""
     return (not lhs.central and n_systems * lhs.n_steps >= MIN_BLOCK_ROWS
-            and lhs.block_size <= MAX_BLOCK)
+            and lhs.block_size <= MAX_BLOCK and lhs.n_equations >= 1)
 
 
 def lane_width(n_systems):
