@@ -168,6 +168,7 @@ def _threaded_problem():
     return T, chunk, parts, dask_arrays
 
 
+@pytest.mark.slow  # its chunks go through the SIMD lane kernels: ~40 s to compile them cold
 def test_threaded_scheduler_equals_in_process():
     """The same graph on Dask's default threaded scheduler (no cluster), with chunks large
     enough for the core's threaded kernels, which several Dask threads then call

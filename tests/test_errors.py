@@ -575,6 +575,7 @@ def test_vjp_does_not_see_later_mutation(how):
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the full-batch comparison runs the lane kernels: ~40 s to compile cold
 def test_shared_lhs_vjp_memory_is_bounded_by_the_lhs_batch(monkeypatch):
     """coefficients (1, T, E, D, O) shared by 2048 right-hand sides: a per-system
     coefficients_bar for the whole batch would be 2048 * T*E*D*O*8 bytes (E = 8 times the

@@ -617,12 +617,15 @@ def load(source, name):
 
 def cache_folder():
     """Where generated kernel sources (and so Numba's cache of them) are kept: the
-    folder in the environment variable ``BANDSOLVE_CACHE_DIR``, else
-    ``~/.cache/bandsolve``, else a new temporary folder (then every process compiles)."""
+    folder in the environment variable ``BANDSOLVE_CACHE_DIR``, else a ``bandsolve``
+    folder in ``NUMBA_CACHE_DIR``, else ``~/.cache/bandsolve``, else a new temporary
+    folder (then every process compiles them again)."""
     import os
     import tempfile
 
+    numba_cache = os.environ.get("NUMBA_CACHE_DIR")
     for folder in (os.environ.get("BANDSOLVE_CACHE_DIR"),
+                   numba_cache and os.path.join(numba_cache, "bandsolve"),
                    os.path.join(os.path.expanduser("~"), ".cache", "bandsolve")):
         if not folder:
             continue

@@ -14,9 +14,8 @@ shrinking, the row-QR factor where either fails), for ``W`` systems at a time:
    by the host kernel (whose row-QR fallback handles them).
 
 The generated source of each shape is written to a cache folder and imported from there,
-so that Numba's disk cache keeps its compilation between processes: the folder given by
-the environment variable ``BANDSOLVE_CACHE_DIR``, else ``~/.cache/bandsolve``, else a
-temporary folder (then every process compiles again).
+so that Numba's disk cache keeps its compilation between processes
+(:func:`bandsolve.kernels.codegen.cache_folder`).
 """
 
 import math
