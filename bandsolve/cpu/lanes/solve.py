@@ -133,6 +133,12 @@ RETAIN_BYTES = 1 << 28
 _workspace = threading.local()
 
 
+def release_scratch():
+    """Free the scratch this thread keeps between lane solves (up to ``RETAIN_BYTES``
+    per buffer); the next solve allocates it again."""
+    _workspace.buffers = {}
+
+
 def _scratch(name, shape):
     """A reusable float64 array ``shape`` (contents undefined), one per calling thread."""
     size = math.prod(shape)
