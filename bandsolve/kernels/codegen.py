@@ -13,16 +13,20 @@ vectorising. Each lane loop reads arrays it does not write, or reads a slot and 
 overwrites the same slot (the ``carry`` arrays that pass one step's values to the next):
 any other overlap makes LLVM give up on the loop ("unsafe dependent memory operations").
 
-Kernels (all ``prange`` over lane groups, float64):
+Kernels (CPU: ``prange`` over lane groups; CUDA, ``target="cuda"``: one thread per
+lane of a single group as wide as the batch), float64:
 
 - ``factor_forward``: assemble ``M``'s block row and ``b_t`` from the staged inputs,
   factor (``L[t,t-1] = Y^T`` with ``Y = L[t-1,t-1]^{-1} M[t,t-1]^T``, then
   ``L[t,t] = chol(M[t,t] - Y^T Y)``), relative pivot test, forward substitution;
 - ``backward``: ``x_t = L[t,t]^{-T} (z_t - Y_{t+1} x_{t+1})`` from ``T-1`` down to 0;
-- ``residual_forward``: ``g = L^{-1} A^T (beta - A x)`` with the residual formed from the
-  rows (never from ``M``), the forward substitution fused into the same sweep;
-- ``correction_backward``: ``L^{-T}`` of that, with the per-order maxima refinement's
-  convergence test needs (``|g_o|``, ``|x_o|``, ``|x_o| sqrt(M_kk)``).
+  ``forward``: ``L^{-1}`` alone;
+- ``residual_forward`` (``plain_residual_forward`` for ``M y = extra``):
+  ``g = L^{-1} A^T (beta - A x)`` with the residual formed from the rows (never from
+  ``M``), the forward substitution fused into the same sweep;
+- ``correction_backward``: ``L^{-T}`` of that, the per-order maxima refinement's
+  convergence test needs (``|g_o|``, ``|x_o|``, ``|x_o| sqrt(M_kk)``), and ``x += g``;
+- ``gradient``: the VJP's sums over the rows (``bandsolve/kernels/gradient.py``'s).
 """
 
 import math
