@@ -224,20 +224,16 @@ def _factor_step(lay):
     same code: the carries start at zero and the weights ``wsp`` (``ws`` if a previous
     step exists, else 0) and ``wsn`` (a next one) zero a missing pair's Taylor rows,
     whose step is read from a valid but unused slot."""
-    has_prev = has_next = True
     n, O, E = lay.n, lay.O, lay.E
     b = _Body(12)
     c = [[b.let(f"c_{e}_{a}", _ld("coefficients", "oc", e * n + a)) for a in range(n)]
          for e in range(E)]
     r = [b.let(f"r_{e}", _ld("rhs", "orr", e)) for e in range(E)]
     gi = [b.let(f"gi_{k}", _ld("init", "og", k)) for k in range(n)]
-    grams_next = grams_prev = None
-    if has_next:
-        tr_next = _taylor_entries(lay, b, "otn", "tn", "wsn")
-        grams_next = _gram(tr_next, 0, 0, O)
-    if has_prev:
-        tr_prev = _taylor_entries(lay, b, "otp", "tp", "wsp")
-        grams_prev = _gram(tr_prev, 1, 1, O)
+    tr_next = _taylor_entries(lay, b, "otn", "tn", "wsn")
+    grams_next = _gram(tr_next, 0, 0, O)
+    tr_prev = _taylor_entries(lay, b, "otp", "tp", "wsp")
+    grams_prev = _gram(tr_prev, 1, 1, O)
     # M[t, t] (lower triangle) and b_t
     m = [[None] * n for _ in range(n)]
     for i in range(n):
@@ -246,7 +242,7 @@ def _factor_step(lay):
             terms = [expr]
             if i // O == j // O:
                 for g in (grams_next, grams_prev):
-                    if g is not None and g[i % O][j % O] is not None:
+                    if g[i % O][j % O] is not None:
                         terms.append(f"({g[i % O][j % O]})")
             if i == j:
                 terms.append(f"pw_{i}")
@@ -256,23 +252,22 @@ def _factor_step(lay):
     for i in range(n):
         b(f"scale[g, os + U({i} * W) + w] = math.sqrt({m[i][i]})")
     s = [row[:] for row in m]
-    if has_prev:
-        Lp = _load_packed(lay, b, "carry_l", "U(0)", "lp")
-        Y = _y_from(lay, b, Lp, _coupling(lay, b, tr_prev))
-        for (rr, cc) in lay.y_entries:
-            value = Y[rr][cc] if Y[rr][cc] is not None else "0.0"
-            b(f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] = {value}")
-        for i in range(n):
-            for j in range(i + 1):
-                terms = [f"{Y[q][i]} * {Y[q][j]}" for q in range(n)
-                         if Y[q][i] is not None and Y[q][j] is not None]
-                if terms:
-                    s[i][j] = b.let(f"s_{i}_{j}", f"{m[i][j]} - ({' + '.join(terms)})")
-        zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
-        for i in range(n):
-            terms = [f"{Y[q][i]} * {zp[q]}" for q in range(n) if Y[q][i] is not None]
+    Lp = _load_packed(lay, b, "carry_l", "U(0)", "lp")
+    Y = _y_from(lay, b, Lp, _coupling(lay, b, tr_prev))
+    for (rr, cc) in lay.y_entries:
+        value = Y[rr][cc] if Y[rr][cc] is not None else "0.0"
+        b(f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] = {value}")
+    for i in range(n):
+        for j in range(i + 1):
+            terms = [f"{Y[q][i]} * {Y[q][j]}" for q in range(n)
+                     if Y[q][i] is not None and Y[q][j] is not None]
             if terms:
-                rhs[i] = b.let(f"v_{i}", f"{rhs[i]} - ({' + '.join(terms)})")
+                s[i][j] = b.let(f"s_{i}_{j}", f"{m[i][j]} - ({' + '.join(terms)})")
+    zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
+    for i in range(n):
+        terms = [f"{Y[q][i]} * {zp[q]}" for q in range(n) if Y[q][i] is not None]
+        if terms:
+            rhs[i] = b.let(f"v_{i}", f"{rhs[i]} - ({' + '.join(terms)})")
     # Cholesky of s, with the relative pivot test (branch-free: NaN fails it too)
     L = [[None] * n for _ in range(n)]
     b("good = ok[g, w]")
@@ -303,17 +298,15 @@ def _backward_step(lay, with_stats):
     per-order maxima of the correction test and add the correction to ``x`` (``v`` is
     left as it was). At the last step the carry is zero and ``ys`` has a zero step ``T``."""
     n, O = lay.n, lay.O
-    has_next = True
     b = _Body(12)
     L = _load_packed(lay, b, "lower", "ol", "l")
     vec = [b.let(f"z_{i}", _ld("v", "ov", i)) for i in range(n)]
-    if has_next:
-        xn = [b.let(f"xn_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
-        for rr in range(n):
-            terms = [f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] * {xn[cc]}"
-                     for cc in range(n) if (rr, cc) in lay.y_slot]
-            if terms:
-                vec[rr] = b.let(f"q_{rr}", f"{vec[rr]} - ({' + '.join(terms)})")
+    xn = [b.let(f"xn_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
+    for rr in range(n):
+        terms = [f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] * {xn[cc]}"
+                 for cc in range(n) if (rr, cc) in lay.y_slot]
+        if terms:
+            vec[rr] = b.let(f"q_{rr}", f"{vec[rr]} - ({' + '.join(terms)})")
     out = _backward_solve(lay, b, L, vec, "o")
     for i in range(n):
         value = out[i] if out[i] is not None else "0.0"
@@ -345,12 +338,11 @@ def _backward_step(lay, with_stats):
     return b.lines
 
 
-def _forward_step(lay):
-    """Lane-loop body of one step of ``forward``: ``v_t <- L_t^{-1} (v_t - Y_t^T v_{t-1})``
-    in place (the carry starts at zero)."""
+def _substitute_forward(lay, b, vec):
+    """Emit ``v_t = L_t^{-1} (vec - Y_t^T z_{t-1})`` (``z_{t-1}`` from ``carry_z``, ``L_t``
+    and ``Y_t`` from the stored factor) and write it to ``v`` and ``carry_z``; returns the
+    body's lines."""
     n = lay.n
-    b = _Body(12)
-    vec = [b.let(f"e_{i}", _ld("v", "ov", i)) for i in range(n)]
     zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
     for i in range(n):
         terms = [f"ys[g, oy + U({lay.y_slot[(q, i)]} * W) + w] * {zp[q]}"
@@ -364,6 +356,15 @@ def _forward_step(lay):
         b(f"v[g, ov + U({i} * W) + w] = {value}")
         b(f"carry_z[g, U({i} * W) + w] = {value}")
     return b.lines
+
+
+def _forward_step(lay):
+    """Lane-loop body of one step of ``forward``: ``v_t <- L_t^{-1} (v_t - Y_t^T v_{t-1})``
+    in place (the carry starts at zero)."""
+    n = lay.n
+    b = _Body(12)
+    vec = [b.let(f"e_{i}", _ld("v", "ov", i)) for i in range(n)]
+    return _substitute_forward(lay, b, vec)
 
 
 def _gradient_step(lay):
@@ -428,7 +429,6 @@ def _residual_step(lay, with_beta):
     carries start at zero; at the last step ``wsn = 0`` zeroes the pair (t, t+1), whose
     ``x_{t+1}`` is then read from step ``t``."""
     n, O, E, D = lay.n, lay.O, lay.E, lay.D
-    has_prev = has_next = True
     b = _Body(12)
     xt = [b.let(f"xt_{i}", _ld("x", "ox", i)) for i in range(n)]
     g = [None] * n
@@ -448,43 +448,28 @@ def _residual_step(lay, with_beta):
             b(f"ce_{e}_{a} = {_ld('coefficients', 'oc', e * n + a)}")
     for a in range(n):
         g[a] = f"{g[a]} - ({' + '.join(f'ce_{e}_{a} * res_{e}' for e in range(E))})"
-    if has_prev:
-        for i in range(n):
-            g[i] = f"{g[i]} + {_ld('carry_g', 'U(0)', i)}"
+    for i in range(n):
+        g[i] = f"{g[i]} + {_ld('carry_g', 'U(0)', i)}"
     carried = [None] * n
-    if has_next:
-        xn = [b.let(f"xn_{i}", _ld("x", "oxn", i)) for i in range(n)]
-        rows = _taylor_entries(lay, b, "otn", "tn", "wsn")
-        for d in range(D):
-            for q, row in enumerate(rows):
-                terms = [f"{row[cidx]} * {(xt if cidx < O else xn)[d * O + cidx % O]}"
-                         for cidx in range(2 * O) if row[cidx] is not None]
-                res = b.let(f"rs_{d}_{q}", " + ".join(terms))
-                for cidx in range(2 * O):
-                    if row[cidx] is None:
-                        continue
-                    k = d * O + cidx % O
-                    if cidx < O:
-                        g[k] = f"{g[k]} - {row[cidx]} * {res}"
-                    else:
-                        carried[k] = _sum([carried[k], f"{row[cidx]} * {res}"])
+    xn = [b.let(f"xn_{i}", _ld("x", "oxn", i)) for i in range(n)]
+    rows = _taylor_entries(lay, b, "otn", "tn", "wsn")
+    for d in range(D):
+        for q, row in enumerate(rows):
+            terms = [f"{row[cidx]} * {(xt if cidx < O else xn)[d * O + cidx % O]}"
+                     for cidx in range(2 * O) if row[cidx] is not None]
+            res = b.let(f"rs_{d}_{q}", " + ".join(terms))
+            for cidx in range(2 * O):
+                if row[cidx] is None:
+                    continue
+                k = d * O + cidx % O
+                if cidx < O:
+                    g[k] = f"{g[k]} - {row[cidx]} * {res}"
+                else:
+                    carried[k] = _sum([carried[k], f"{row[cidx]} * {res}"])
     gt = [b.let(f"gt_{i}", g[i]) for i in range(n)]
     for i in range(n):
         b(f"carry_g[g, U({i} * W) + w] = {'-(' + carried[i] + ')' if carried[i] else '0.0'}")
-    if has_prev:
-        zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
-        for i in range(n):
-            terms = [f"ys[g, oy + U({lay.y_slot[(q, i)]} * W) + w] * {zp[q]}"
-                     for q in range(n) if (q, i) in lay.y_slot]
-            if terms:
-                gt[i] = b.let(f"u_{i}", f"{gt[i]} - ({' + '.join(terms)})")
-    L = _load_packed(lay, b, "lower", "ol", "l")
-    z = _forward_solve(lay, b, L, gt, "z")
-    for i in range(n):
-        value = z[i] if z[i] is not None else "0.0"
-        b(f"v[g, ov + U({i} * W) + w] = {value}")
-        b(f"carry_z[g, U({i} * W) + w] = {value}")
-    return b.lines
+    return _substitute_forward(lay, b, gt)
 
 
 _HEADER = '''"""Generated by bandsolve.kernels.codegen for D={D}, O={O}, E={E}, W={W}, target
