@@ -107,16 +107,15 @@ def _stage(first, n_systems, coefficients, steps, rhs, rhs_index, init, init_ind
 
 
 @jit_kernel
-def _unstage(first, n_systems, W, x_l, out):
-    """``out[b] (T, n)`` from the lane layout of groups ``first, ...``."""
-    n_steps, n = out.shape[1], out.shape[2]
-    for gl in numba.prange(x_l.shape[0]):
+def _unstage(first, n_systems, W, lanes, out):
+    """``out[b, k]`` ``(B, K)`` from the lane layout ``lanes[g, k*W + w]`` of groups
+    ``first, first+1, ...`` (system ``b = (first + g)*W + w``; padding lanes dropped)."""
+    for gl in numba.prange(lanes.shape[0]):
         for w in range(W):
             b = (first + gl) * W + w
             if b < n_systems:
-                for t in range(n_steps):
-                    for k in range(n):
-                        out[b, t, k] = x_l[gl, (t * n + k) * W + w]
+                for k in range(out.shape[1]):
+                    out[b, k] = lanes[gl, k * W + w]
 
 
 # Scratch of one batch of groups at most about this large (bytes; at least one group per
@@ -217,7 +216,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
                                    a["g"], a["h"])
         status_out[first * W:(first + G) * W] = _solve_groups(
             mod, lay, G, T, W, a, strides, n_init, pins, we2, math.sqrt(ws2), O).reshape(-1)
-        _unstage.for_batch(G * W, T)(first, B, W, a["x"], x_out)
+        _unstage.for_batch(G * W, T)(first, B, W, a["x"], x_out.reshape(B, -1))
 
     info = np.zeros(B, dtype=np.int64)
     failed = np.flatnonzero(status_out[:B] != CONVERGED)
@@ -238,16 +237,6 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
     factor = LaneFactor(mod, lay, T, W, B, a, strides, n_init, pins, we2, math.sqrt(ws2),
                         failed, sub_lower)
     return x_out, info, factor
-
-
-@jit_kernel
-def _unstage_rows(W, lanes, out):
-    """``out[b, k]`` ``(B, K)`` from the lane layout ``lanes[g, k*W + w]`` (one group
-    holds systems ``g*W .. g*W + W - 1``)."""
-    for b in numba.prange(out.shape[0]):
-        gl, w = b // W, b % W
-        for k in range(out.shape[1]):
-            out[b, k] = lanes[gl, k * W + w]
 
 
 @jit_kernel
@@ -318,8 +307,7 @@ class LaneFactor:
         G, n = a["lower"].shape[0], lay.n
         e_l = np.empty((G, T * n * W))
         _to_lanes.for_batch(G * W, T)(extra, W, e_l)
-        inputs = (a["c"], st["cs"], a["r"], st["rs"], a["g"], st["gs"], self._n_init,
-                  a["h"], st["hs"], self._pins, *self._weights)
+        inputs = _kernel_inputs(a, st, self._n_init, self._pins, *self._weights)
         y = np.empty((G, T * n * W))
         v = np.empty_like(y)
         carry_z = np.zeros((G, n * W))
@@ -333,7 +321,7 @@ class LaneFactor:
         status = _refine_groups(mod, lay, G, T, W, inputs, a, y, v, e_l,
                                 QR_MAX_STEPS, math.inf, np.full((G, W), RUNNING))
         out = np.empty((self._B, T, n))
-        _unstage.for_batch(G * W, T)(0, self._B, W, y, out)
+        _unstage.for_batch(G * W, T)(0, self._B, W, y, out.reshape(self._B, -1))
         ok = status.reshape(-1)[:self._B] == CONVERGED
         ok[self.failed] = False
         self._y = y  # for gradients(): y in the lanes' layout
@@ -344,8 +332,7 @@ class LaneFactor:
         :meth:`solve`'s ``y`` into coefficients_bar ``(B, Tc, E, n)``, rhs_bar
         ``(B, Tr, E)`` and steps_bar ``(B, Th)`` (as the host's ``gradient_kernel``)."""
         a, st, W, G = self._a, self._strides, self._W, self._a["lower"].shape[0]
-        inputs = (a["c"], st["cs"], a["r"], st["rs"], a["g"], st["gs"], self._n_init,
-                  a["h"], st["hs"], self._pins, *self._weights)
+        inputs = _kernel_inputs(a, st, self._n_init, self._pins, *self._weights)
         outs = []
         for name, array in (("c_bar", coefficients_bar), ("r_bar", rhs_bar),
                             ("h_bar", steps_bar)):
@@ -355,16 +342,22 @@ class LaneFactor:
         self._mod.gradient(G, self._T, *inputs, a["x"], self._y, *outs)
         for lane, array in zip(outs, (coefficients_bar, rhs_bar, steps_bar)):
             if array.size:
-                _unstage_rows.for_batch(self._B, self._T)(W, lane,
-                                                          array.reshape(self._B, -1))
+                _unstage.for_batch(self._B, self._T)(0, self._B, W, lane,
+                                                     array.reshape(self._B, -1))
+
+
+def _kernel_inputs(a, strides, n_init, pins, we2, ws):
+    """The staged inputs every sweep kernel takes first: each lane array with its stride
+    per step, then the pinned weights and the equation and smoothness weights."""
+    return (a["c"], strides["cs"], a["r"], strides["rs"], a["g"], strides["gs"], n_init,
+            a["h"], strides["hs"], pins, we2, ws)
 
 
 def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, ws, n_orders):
     """Factor, solve and refine ``G`` staged groups in place (solution in ``a["x"]``);
     returns the lanes' status ``(G, W)``."""
     n = lay.n
-    inputs = (a["c"], strides["cs"], a["r"], strides["rs"], a["g"], strides["gs"], n_init,
-              a["h"], strides["hs"], pins, we2, ws)
+    inputs = _kernel_inputs(a, strides, n_init, pins, we2, ws)
     lower, ys, x, scale, v = a["lower"], a["ys"], a["x"], a["scale"], a["v"]
     ok = np.ones((G, W))
     carry_l = np.zeros((G, lay.n_packed * W))
