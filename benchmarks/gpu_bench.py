@@ -80,8 +80,9 @@ class Results:
         print("bench", json.dumps(record, default=str), flush=True)
 
 
-def make_problem(name, dtype):
-    shape = SHAPES[name]
+def make_problem(name, dtype, shape=None):
+    """The problem of ``SHAPES[name]`` (or of the given ``shape`` dict of that form)."""
+    shape = SHAPES[name] if shape is None else shape
     c, r, g, h = coupled_oscillators(shape["batch"], shape["T"], n_dims=shape["D"],
                                      n_orders=shape["O"], dtype=dtype, seed=1)
     if shape["lhs_batch"] is not None:

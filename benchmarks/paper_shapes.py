@@ -1,7 +1,8 @@
 """CPU times at the S-MNN paper's shapes: the SIMD lane kernels (the default) against the
 one-system host kernels they replace, measured alternately in one run.
 
-Shapes (as in ``benchmarks/gpu_bench.py``; ``coupled_oscillators`` problems, float64):
+Shapes (the paper's from ``benchmarks/gpu_bench.py``; ``coupled_oscillators`` problems,
+float64):
 SST (B=12,960, T=208, D=1, O=3), KdV (B=8,192, T=10, D=1, O=5), Lorenz (left-hand-side
 batch 3 shared by 1,536 right-hand sides, T=50, O=3: no fused pass, so both columns run
 the host kernels), sine (B=1, T=500, O=3: below the lanes' size threshold, likewise),
@@ -25,25 +26,22 @@ if ROOT not in sys.path:
 import bandsolve  # noqa: E402
 from bandsolve.apps.timing import best_times  # noqa: E402
 from bandsolve.cpu.lanes import solve as lanes  # noqa: E402
-from bandsolve.problems import coupled_oscillators  # noqa: E402
 
-SHAPES = {
-    "sst": dict(batch=(12960,), T=208, D=1, O=3, lhs_batch=None),
-    "kdv": dict(batch=(8192,), T=10, D=1, O=5, lhs_batch=None),
-    "lorenz": dict(batch=(512, 3), T=50, D=1, O=3, lhs_batch=(1, 3)),
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import gpu_bench  # noqa: E402  (the device benchmark's shapes and problems)
+
+# the paper's shapes as the device benchmark has them, and the CPU targets' two shapes
+SHAPES = {name: gpu_bench.SHAPES[name] for name in ("sst", "kdv", "lorenz")}
+SHAPES.update({
     "sine": dict(batch=(1,), T=500, D=1, O=3, lhs_batch=None),
     "B=64 T=1000": dict(batch=(64,), T=1000, D=3, O=3, lhs_batch=None),
     "B=1 T=1e5": dict(batch=(1,), T=100_000, D=3, O=3, lhs_batch=None),
-}
+})
 
 
-def make_problem(shape):
-    c, r, g, h = coupled_oscillators(shape["batch"], shape["T"], n_dims=shape["D"],
-                                     n_orders=shape["O"], seed=1)
-    if shape["lhs_batch"] is not None:
-        index = tuple(slice(0, s) for s in shape["lhs_batch"])
-        c, h = np.ascontiguousarray(c[index]), np.ascontiguousarray(h[index])
-    return c, r, g, h
+def make_problem(name):
+    """``gpu_bench.make_problem`` in float64 (``coupled_oscillators``, seed 1)."""
+    return gpu_bench.make_problem(name, np.float64, SHAPES[name])
 
 
 def host_kernels(fn):
@@ -66,7 +64,7 @@ def main():
     print("| shape | forward: lanes / host kernels | forward+backward: lanes / host kernels |")
     print("|---|---|---|")
     for name in args.only.split(","):
-        problem = make_problem(SHAPES[name])
+        problem = make_problem(name)
 
         def forward():
             return bandsolve.smnn_solve(*problem)
