@@ -24,7 +24,8 @@ import numpy as np
 from .._jit import jit_helper, jit_kernel, jit_routine
 from ..formulation import n_taylor_orders
 from ..kernels.assembly import assemble_block_row_cached, rhs_step
-from ..kernels.residual import (ACCEPT_CORRECTION, add_residual_product,
+from ..kernels.residual import (ACCEPT_CORRECTION, CHOLESKY_FIRST_CORRECTION,
+                                CHOLESKY_MAX_STEPS, add_residual_product,
                                 correction_record_size, relative_correction)
 from ..kernels.row_qr import QR_PIVOT_TOL, row_qr_factor, row_qr_work_rows
 from ..kernels.banded import (CHOLESKY_PIVOT_TOL, backward_substitute, diagonal_of_product,
@@ -32,10 +33,6 @@ from ..kernels.banded import (CHOLESKY_PIVOT_TOL, backward_substitute, diagonal_
 
 # Refinement: corrections this small relative to the solution are rounding noise.
 EPS = np.finfo(np.float64).eps
-# The Cholesky route is abandoned when its first correction is larger than this (the
-# contraction ~ eps*cond(A)^2 would need many steps) or after this many steps.
-CHOLESKY_FIRST_CORRECTION = 1e-4
-CHOLESKY_MAX_STEPS = 4
 QR_MAX_STEPS = 12
 
 CONVERGED = 0

@@ -43,6 +43,16 @@ MAX_BATCH_AXES = 4
 
 ALGORITHMS = ("auto", "thread", "block", "partitioned")
 
+#: ``algorithm="auto"`` solves with the generated thread-per-system kernels
+#: (``gpu/lane_solve.py``) where they apply; ``False`` keeps the ``"thread"`` kernels.
+USE_LANES = True
+#: Fewer systems than this use the ``"thread"`` kernels: one thread per system leaves
+#: the GPU mostly idle either way, and a new shape costs its kernels' compilation.
+LANES_MIN_SYSTEMS = 256
+#: Threads per block of the lane kernels: small blocks spread a batch of a few thousand
+#: systems over every SM (12,960 systems: 203 blocks of 64 on 132 SMs).
+LANE_THREADS = 64
+
 
 def chunk_length(n_steps, n_systems, bandwidth):
     """Interior length ``m`` of the parallel-in-time solver.

@@ -28,7 +28,7 @@ from .. import _validation as v
 from ..kernels.partitioned import n_chunks_for
 from ..kernels.residual import ACCEPT_CORRECTION, correction_record_size
 from ..errors import raise_if_failed
-from . import arrays, block, config, gradient, partitioned, refine, thread
+from . import arrays, block, config, gradient, lane_solve, partitioned, refine, thread
 from ._runtime import Device, batch_maps, numba_view, numba_view_strided, shape_of
 
 # float64 on the device too, whatever the inputs' dtype (``_problem.COMPUTE_DTYPE``)
@@ -253,17 +253,7 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
         u_shape = batch + (T, lhs.n_dims, lhs.n_orders)
         if B == 0:
             return device.empty((B, T, n), lhs.dtype)[0].reshape(u_shape), None
-        rhs_shape, init_shape = shape_of(rhs), shape_of(init)
-        rhs_flat = rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:])
-        if lhs.n_init_steps:
-            init_batch = init_shape[:-3]
-            init_flat = init.reshape((math.prod(init_batch),) + init_shape[-3:])
-        else:  # no initial values are read
-            init_batch = ()
-            init_flat = device.scratch((1, 1, 1, 1), COMPUTE)
-        shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
-                                    steps=lhs.steps_batch, rhs=rhs_shape[:-2],
-                                    init=init_batch, factor=lhs.batch_shape)
+        rhs_flat, init_flat, shape, strides = _solve_inputs(device, lhs, rhs, init, batch)
         O, Ti, Oi, we2, wi2, ws2, central = lhs.kernel_scalars()
         x_user, x = device.empty((B, T, n), COMPUTE)
         device.launch(gradient.rhs_kernel, B * T, lhs.coefficients, rhs_flat, init_flat,
@@ -483,6 +473,60 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
                      for name in ("coefficients", "rhs", "init", "steps"))
 
 
+def _solve_inputs(device, lhs, rhs, init, batch):
+    """``(rhs_flat, init_flat, shape, strides)``: rhs ``(Br, Tr, E)`` and init ``(Bi, Ti, D,
+    Oi)`` (a placeholder when no initial values are read) with the index maps of every
+    input from the full ``batch`` (``batch_maps``)."""
+    rhs_shape, init_shape = shape_of(rhs), shape_of(init)
+    rhs_flat = rhs.reshape((math.prod(rhs_shape[:-2]),) + rhs_shape[-2:])
+    if lhs.n_init_steps:
+        init_batch = init_shape[:-3]
+        init_flat = init.reshape((math.prod(init_batch),) + init_shape[-3:])
+    else:  # no initial values are read
+        init_batch = ()
+        init_flat = device.scratch((1, 1, 1, 1), COMPUTE)
+    shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
+                                steps=lhs.steps_batch, rhs=rhs_shape[:-2],
+                                init=init_batch, factor=lhs.batch_shape)
+    return rhs_flat, init_flat, shape, strides
+
+
+def _lane_solve(device, lhs, rhs, init, batch):
+    """``(u, status)`` of ``smnn_solve`` by the generated thread-per-system kernels
+    (``lane_solve`` module docstring), with the systems whose lane failed factored again
+    by the sequential block kernels (row-QR fallback included) and solved from zero, as
+    the parallel-in-time factorisation retries its failures; all decided on the device."""
+    B, T, n = math.prod(batch), lhs.n_steps, lhs.block_size
+    rhs_flat, init_flat, shape, strides = _solve_inputs(device, lhs, rhs, init, batch)
+    x_user, x = device.empty((B, T, n), COMPUTE)
+    lanes_status = lane_solve.solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x)
+    info_user, info = device.empty((B,), np.int64)
+    lower, sequential, state, applied, last = lane_solve.retry_plan(
+        device, B, T, n, lhs.bandwidth, lanes_status, info)
+    _sequential_retry(device, lhs, lower, info, sequential)
+    status = Status(info_user, info, lhs.batch_shape, device)
+    scale = device.scratch((B, T, n), COMPUTE)
+    device.launch(lane_solve.retry_column_norms_kernel, B * T, lower, sequential, scale)
+    # the parallel-in-time factorisation's retry path: its substitutions and refinement of
+    # the systems marked sequential are what the failed lanes need
+    retry = DeviceSMNNFactorization(lhs, "partitioned", lower, lower, status, device,
+                                    partition=(None, None, None, sequential), scale=scale)
+    factor_strides = strides["factor"]
+    device.launch(refine.restart_kernel, B * T * n, x, state)
+    device.launch(refine.resume_kernel, B, state, shape, factor_strides, info, 1, applied,
+                  last)
+    correction = device.scratch((B, T, n), COMPUTE)
+    records = device.scratch(
+        (B, refine.spans_for(T)[1], correction_record_size.py_func(lhs.n_orders)), COMPUTE)
+    previous = device.scratch((B,), COMPUTE)
+    retry._refine_steps(device, x, shape, strides, rhs_flat, init_flat, None, state,
+                        correction, records, applied, last, previous, first_tag=2,
+                        from_zero=True)
+    device.launch(refine.finish_kernel, B, state, shape, factor_strides, info)
+    u_shape = batch + (T, lhs.n_dims, lhs.n_orders)
+    return _to_user(device, x_user, x, lhs.dtype).reshape(u_shape), status
+
+
 def _to_user(device, user, view, dtype):
     """A float64 result ``(user array, numba view)`` as the user's array in ``dtype``
     (the array itself for float64, else a cast copy)."""
@@ -625,7 +669,14 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     r, g = (arrays.as_dtype(device, a, COMPUTE) for a in (r, g))
     lhs = _DeviceLHS(device, problem, c, h)
     batch = problem.batch
-    factorization = _factor(device, lhs, _resolve_algorithm(algorithm, lhs, math.prod(batch)))
+    resolved = _resolve_algorithm(algorithm, lhs, math.prod(batch))
+    if (algorithm == "auto" and resolved == "thread" and not with_vjp
+            and lane_solve.applies(lhs, math.prod(batch))):
+        u, status = _lane_solve(device, lhs, r, g, batch)
+        if check:
+            status.check()
+        return u
+    factorization = _factor(device, lhs, resolved)
     if check:
         factorization.check()
     if with_vjp:

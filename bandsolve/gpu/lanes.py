@@ -26,6 +26,7 @@ _UNSIGNED = {"cs", "rs", "gs", "hs"}
 _INTEGER = {"n_groups", "T", "n_init", "W"}
 _SCALAR = {"we2", "ws", "tol"}
 _VECTOR = {"pins"}
+_STATE = {"live"}
 
 
 def kernels(n_dims, n_orders, n_equations):
@@ -42,7 +43,7 @@ def kernels(n_dims, n_orders, n_equations):
 def argument_types(kernel):
     """Numba types of ``kernel``'s arguments, from their names (the generator's
     convention): strides ``uint64``, counts ``int64``, weights ``float64``, ``pins``
-    ``float64[::1]``, every other array ``float64[:, ::1]``."""
+    ``float64[::1]``, ``live`` ``int64[::1]``, every other array ``float64[:, ::1]``."""
     from numba import types
 
     names = kernel.py_func.__code__.co_varnames[:kernel.py_func.__code__.co_argcount]
@@ -56,6 +57,8 @@ def argument_types(kernel):
             out.append(types.float64)
         elif name in _VECTOR:
             out.append(types.float64[::1])
+        elif name in _STATE:
+            out.append(types.int64[::1])
         else:
             out.append(types.float64[:, ::1])
     return tuple(out)

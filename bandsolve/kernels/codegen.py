@@ -37,6 +37,10 @@ import math
 # 58.2 ms with 8). 1 gives the one-system kernels for small batches of long sequences.
 LANES = 4
 
+# Largest block the generated code is made for: the straight-line code of one step grows
+# like n^3 (n = 9: ~1.5k statements per kernel, ~30 s to compile once per machine).
+MAX_BLOCK = 10
+
 # Diagonal blocks are stored packed (lower triangle, row-major) with 1/L_ii on the
 # diagonal, so that substitutions multiply instead of divide.
 
@@ -510,6 +514,11 @@ def _pins(n):
     return [f"pw_{i} = pins[t * N + {i}]" for i in range(n)]
 
 
+# The CUDA target's sweeps of a refinement step take one more argument, ``live`` (``(W,)``
+# int64): the lanes whose entry is not 0 have stopped refining and are left alone.
+REFINEMENT_SWEEPS = ("residual_forward", "plain_residual_forward", "correction_backward")
+
+
 def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
     """Python source of the lane kernels for shape ``(D, O, E)``.
 
@@ -561,11 +570,13 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
     )
     for name, arguments, steps, offsets, body in kernels:
         if cuda:  # one thread per lane; W (the lanes of the one group) an argument
+            refining = name in REFINEMENT_SWEEPS
             src.append("@cuda.jit(fastmath={'contract'})")
-            src.append(f"def {name}(n_groups, T, {arguments}, W):")
+            src.append(f"def {name}(n_groups, T, {arguments}, {'live, ' if refining else ''}W):")
             src.append("    w = U(cuda.grid(1))")
             src.append("    g = 0")
-            src.append("    if True:")
+            # a lane whose refinement has stopped (live[w] != 0) returns at once
+            src.append("    if w < U(W) and live[w] == 0:" if refining else "    if True:")
             lane_loop = "if w < U(W):"
         else:
             src.append("@numba.njit(**_OPTIONS)")

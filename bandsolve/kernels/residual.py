@@ -20,6 +20,10 @@ from .assembly import central_entry, central_order, central_row_dot, taylor_row_
 # stops: not converged (the host's acceptance of a stagnating correction, the device's
 # divergence test).
 ACCEPT_CORRECTION = 1e-3
+# The Cholesky route is abandoned when its first correction is larger than this (the
+# contraction ~ eps*cond(A)^2 would need many steps) or after this many steps.
+CHOLESKY_FIRST_CORRECTION = 1e-4
+CHOLESKY_MAX_STEPS = 4
 
 
 @jit_helper
@@ -212,3 +216,53 @@ def relative_correction(x, g, scale, n_orders, record):
     clear_correction_record(record)
     add_correction_span(x, g, scale, n_orders, 0, x.shape[0], record)
     return relative_correction_of(record, n_orders)
+
+
+# Refinement state of one lane (system) of the lane kernels (``kernels/codegen.py``)
+RUNNING, CONVERGED, FAILED = 0, 1, 2
+_EPS = 2.0 ** -52  # float64 machine epsilon: a squared correction below it is rounding
+
+
+@jit_helper
+def lane_relative_correction(stats, w, width, n_orders):
+    """:func:`relative_correction_of` for lane ``w`` of the lane kernels' convergence
+    maxima ``stats`` (flat, entry ``j`` of lane ``w`` at ``j * width + w``: ``max|g_o|``
+    for ``j = o``, ``max|x_o|`` for ``j = O + o``, ``max|x_o| * scale_o`` for ``j = 2 O
+    + o``, and at ``j = 3 O`` 1.0 while every entry was finite)."""
+    if stats[3 * n_orders * width + w] != 1.0:
+        return math.inf
+    seen = 0.0
+    for o in range(n_orders):
+        seen = max(seen, stats[(2 * n_orders + o) * width + w])
+    worst = 0.0
+    for o in range(n_orders):
+        g_max = stats[o * width + w]
+        if g_max > 0.0 and stats[(2 * n_orders + o) * width + w] > INVISIBLE_ORDER * seen:
+            worst = max(worst, g_max / stats[(n_orders + o) * width + w])
+    if not (worst < math.inf):
+        return math.inf
+    return worst
+
+
+@jit_helper
+def lane_refinement_step(stats, w, width, n_orders, step, max_steps, first_limit, status,
+                         previous):
+    """The host's stopping rule (``bandsolve.cpu.accurate.refine``) after refinement step
+    ``step`` (0-based, of at most ``max_steps``) of lane ``w``: ``status[w]`` (``(W,)``)
+    becomes ``CONVERGED``, ``FAILED`` or stays ``RUNNING``; ``previous[w]`` keeps the last
+    correction. The lane's correction has been added to its solution already."""
+    if status[w] != RUNNING:
+        return
+    correction = lane_relative_correction(stats, w, width, n_orders)
+    if correction == math.inf or (step == 0 and correction > first_limit):
+        status[w] = FAILED
+        return
+    rate = correction if step == 0 else correction / previous[w]
+    previous[w] = correction
+    if rate * correction <= _EPS:
+        status[w] = CONVERGED
+    elif step > 0 and rate > 0.5 and correction <= ACCEPT_CORRECTION:
+        # stagnation at the rounding floor (~eps * cond(A))
+        status[w] = CONVERGED
+    elif step == max_steps - 1:
+        status[w] = CONVERGED if correction <= ACCEPT_CORRECTION else FAILED

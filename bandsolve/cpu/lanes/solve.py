@@ -24,16 +24,13 @@ import threading
 import numba
 import numpy as np
 
-from ..._jit import jit_kernel
+from ..._jit import jit_kernel, jit_routine
 from ...kernels.banded import CHOLESKY_PIVOT_TOL
-from ...kernels.residual import ACCEPT_CORRECTION, INVISIBLE_ORDER
-from ..accurate import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, EPS,
-                        QR_MAX_STEPS, accurate_factor_solve_kernel)
+from ...kernels.residual import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, CONVERGED,
+                                 FAILED, RUNNING, lane_refinement_step)
+from ..accurate import QR_MAX_STEPS, accurate_factor_solve_kernel
 from ...kernels import codegen
-
-# Largest block the generated code is made for: the straight-line code of one step grows
-# like n^3 (n = 9: ~1.5k statements per kernel, ~30 s to compile once per machine).
-MAX_BLOCK = 10
+from ...kernels.codegen import MAX_BLOCK
 # Below this many block rows in all (a host solve of ~5-10 ms), the one-time compilation of
 # a new shape (10-60 s, then cached on disk) is not worth it. Batches of fewer than
 # ``codegen.LANES`` systems (which would leave most lanes of a group empty) use the
@@ -152,22 +149,17 @@ def _scratch(name, shape):
     return buffer[:size].reshape(shape)
 
 
-def _relative_correction(stats, n_orders):
-    """Per lane ``(G, W)``: the host's ``_relative_correction`` from the maxima the
-    correction sweep gathered (stats ``(G, 3*O + 1, W)``)."""
-    g_max = stats[:, :n_orders]
-    x_max = stats[:, n_orders:2 * n_orders]
-    seen_o = stats[:, 2 * n_orders:3 * n_orders]
-    seen = seen_o.max(axis=1, keepdims=True)
-    visible = (g_max > 0.0) & (seen_o > INVISIBLE_ORDER * seen)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(visible, g_max / x_max, 0.0)
-    worst = ratio.max(axis=1)
-    finite = (stats[:, 3 * n_orders] == 1.0) & (worst < math.inf)
-    return np.where(finite, worst, math.inf)
-
-
-RUNNING, CONVERGED, FAILED = 0, 1, 2
+@jit_routine
+def _decide(stats, n_orders, step, max_steps, first_limit, status, previous):
+    """The host's stopping rule after refinement step ``step`` for every lane of the
+    groups: stats ``(G, (3 O + 1) W)`` (the correction sweep's maxima), status and
+    previous ``(G, W)`` updated in place (``kernels/residual.py::lane_refinement_step``,
+    the rule the CUDA lane kernels apply too)."""
+    width = status.shape[1]
+    for g in range(status.shape[0]):
+        for w in range(width):
+            lane_refinement_step(stats[g], w, width, n_orders, step, max_steps,
+                                 first_limit, status[g], previous[g])
 
 
 def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
@@ -386,7 +378,7 @@ def _refine_groups(mod, lay, G, T, W, inputs, a, x, v, extra, max_steps, first_l
     residual = mod.residual_forward if extra is None else mod.plain_residual_forward
     extra = x if extra is None else extra  # (unused by the least-squares residual)
     previous = np.full((G, W), math.inf)
-    correction = np.zeros((G, W))
+    status = np.ascontiguousarray(status, dtype=np.int64)
     for step in range(max_steps):
         carry_g[:] = 0.0
         carry_z[:] = 0.0
@@ -394,27 +386,10 @@ def _refine_groups(mod, lay, G, T, W, inputs, a, x, v, extra, max_steps, first_l
         carry_z[:] = 0.0
         stats[:] = 0.0
         stats.reshape(G, -1, W)[:, 3 * n_orders] = 1.0
-        mod.correction_backward(G, T, a["lower"], a["ys"], v, x, a["scale"], stats, carry_z)
-        correction = np.where(status == RUNNING,
-                              _relative_correction(stats.reshape(G, -1, W), n_orders),
-                              correction)
-        # the sweep added the correction to every lane (a lane that had already converged
+        # the sweep adds the correction to every lane (a lane that had already converged
         # takes one more, rounding-level step; a failing lane's x is not used)
-        running = status == RUNNING
-        status = np.where(running & (correction == math.inf), FAILED, status)
-        running = status == RUNNING
-        if step == 0:
-            status = np.where(running & (correction > first_limit), FAILED, status)
-            rate = correction
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rate = correction / previous
-        running = status == RUNNING
-        done = running & ((rate * correction <= EPS)
-                          | ((step > 0) & (rate > 0.5) & (correction <= ACCEPT_CORRECTION)))
-        status = np.where(done, CONVERGED, status)
-        previous = np.where(status == RUNNING, correction, previous)
+        mod.correction_backward(G, T, a["lower"], a["ys"], v, x, a["scale"], stats, carry_z)
+        _decide(stats, n_orders, step, max_steps, first_limit, status, previous)
         if not np.any(status == RUNNING):
             break
-    return np.where(status == RUNNING,
-                    np.where(correction <= ACCEPT_CORRECTION, CONVERGED, FAILED), status)
+    return status

@@ -1,0 +1,268 @@
+"""The accurate least-squares solve of a batch of S-MNN systems on the device with the
+generated thread-per-system kernels of :mod:`bandsolve.gpu.lanes`: the device counterpart
+of ``bandsolve/cpu/lanes/solve.py``, decided on the device without synchronising.
+
+1. :func:`stage_kernel`: the inputs in lane layout (system innermost, one group as wide
+   as the batch: quantity ``k`` of step ``t`` of system ``b`` at ``array[0, (t*K + k)*B
+   + b]``), the pinned weights and every lane's zero carries;
+2. ``factor_forward`` + ``backward``: ``x = M^{-1} b`` (relative pivot test per lane);
+3. up to ``CHOLESKY_MAX_STEPS`` refinement steps, ``residual_forward`` +
+   ``correction_backward`` (``x += M^{-1} A^T (beta - A x)``), each followed by
+   :func:`decide_kernel`: the host's stopping rule per lane
+   (``kernels/residual.py::lane_refinement_step``, shared with the CPU lanes); the
+   sweeps skip the lanes that have stopped;
+4. :func:`unstage_kernel`: ``x`` in the caller's layout ``(B, T, n)``;
+5. the systems whose lane failed (pivot test or refinement) are factored again by the
+   sequential block kernels with their row-QR fallback and solved and refined from zero
+   (the retry of the parallel-in-time factorisation); where no lane failed, those
+   kernels return at once (about 30 launches that do nothing).
+
+Taken by ``smnn_solve`` on device arrays with ``algorithm="auto"`` for one right-hand
+side per system, forward smoothness, ``n <= codegen.MAX_BLOCK``, ``E >= 1`` and at least
+``config.LANES_MIN_SYSTEMS`` systems (:func:`applies`). Nothing here has run on a real
+GPU yet: it is verified under the CUDA simulator and compiled for sm_90.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from ..kernels import codegen
+from ..kernels.banded import CHOLESKY_PIVOT_TOL, diagonal_of_product
+from ..kernels.residual import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, CONVERGED,
+                                FAILED, RUNNING, lane_refinement_step)
+from . import config, partitioned, refine
+from ._runtime import device_function
+from .arrays import source_row
+from .lanes import kernels
+
+_source_row = device_function(source_row)
+_lane_refinement_step = device_function(lane_refinement_step)
+_diagonal_of_product = device_function(diagonal_of_product)
+
+
+def applies(lhs, n_systems):
+    """Whether the lane kernels take this problem (``n_systems`` right-hand sides, one per
+    left-hand side)."""
+    return (config.USE_LANES and not lhs.central and lhs.block_size <= codegen.MAX_BLOCK
+            and lhs.n_equations >= 1 and n_systems >= config.LANES_MIN_SYSTEMS
+            and n_systems == math.prod(lhs.batch_shape))
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@cuda.jit
+def stage_kernel(coefficients, steps, rhs, init, shape, c_strides, h_strides, r_strides,
+                 g_strides, n_orders, n_init_steps, n_init_orders, n_sizes, wi2, c_l, r_l,
+                 g_l, h_l, pins, ok, carry_l, carry_z, carry_c, ys):
+    """Thread ``t * B + b`` writes step ``t`` of system ``b`` in lane layout: coefficients
+    ``(Bc, Tc, E, n)`` -> c_l ``(1, Tc*E*n*B)``, rhs ``(Br, Tr, E)`` -> r_l, initial
+    values ``(Bi, Ti, D, Oi)`` -> g_l ``(1, max(Ti, 1)*n*B)`` (zero where not pinned),
+    steps ``(Bh, Th)`` with ``Th = n_sizes`` -> h_l ``(1, max(Th, 1)*B)`` (zero when
+    ``Th = 0``: then ``steps`` is a placeholder); pins ``(T*n,)`` gets the initial-value
+    weight of each unknown of step ``t``; step 0 also starts the lane: ``ok = 1``, zero
+    carries ``carry_l`` ``(1, NP*B)``, ``carry_z``, ``carry_c`` ``(1, n*B)`` (of the
+    first forward and backward sweeps) and the zero factor
+    coupling of step ``T`` in ys ``(1, (T+1)*NY*B)``, where the backward sweep starts."""
+    k = cuda.grid(1)
+    B = ok.shape[1]
+    n = coefficients.shape[3]
+    n_steps = pins.shape[0] // n
+    if k >= B * n_steps:
+        return
+    t = k // B
+    b = k % B
+    if t < coefficients.shape[1]:
+        c = coefficients[_source_row(b, shape, c_strides), t]
+        en = c.shape[0] * n
+        for e in range(c.shape[0]):
+            for a in range(n):
+                c_l[0, (t * en + e * n + a) * B + b] = c[e, a]
+    if t < rhs.shape[1]:
+        r = rhs[_source_row(b, shape, r_strides), t]
+        for e in range(r.shape[0]):
+            r_l[0, (t * r.shape[0] + e) * B + b] = r[e]
+    if t < g_l.shape[1] // (n * B):
+        row = _source_row(b, shape, g_strides)
+        for a in range(n):
+            o = a % n_orders
+            pinned = t < n_init_steps and o < n_init_orders
+            g_l[0, (t * n + a) * B + b] = init[row, t, a // n_orders, o] if pinned else 0.0
+    if t < h_l.shape[1] // B:
+        h_l[0, t * B + b] = (steps[_source_row(b, shape, h_strides), t]
+                             if n_sizes > 0 else 0.0)
+    if b == 0:
+        for a in range(n):
+            pinned = t < n_init_steps and a % n_orders < n_init_orders
+            pins[t * n + a] = wi2 if pinned else 0.0
+    if t == 0:
+        ok[0, b] = 1.0
+        for q in range(carry_l.shape[1] // B):
+            carry_l[0, q * B + b] = 0.0
+        for q in range(carry_z.shape[1] // B):
+            carry_z[0, q * B + b] = 0.0
+            carry_c[0, q * B + b] = 0.0
+        n_y = ys.shape[1] // ((n_steps + 1) * B)
+        for q in range(n_y):
+            ys[0, (n_steps * n_y + q) * B + b] = 0.0
+
+
+@cuda.jit(device=True)
+def _restart_lane(b, B, n_orders, stats, carry_g, carry_r, carry_c):
+    """Zero carries of the next refinement step's two sweeps and cleared maxima."""
+    for q in range(3 * n_orders):
+        stats[0, q * B + b] = 0.0
+    stats[0, 3 * n_orders * B + b] = 1.0
+    for q in range(carry_g.shape[1] // B):
+        carry_g[0, q * B + b] = 0.0
+        carry_r[0, q * B + b] = 0.0
+        carry_c[0, q * B + b] = 0.0
+
+
+
+
+@cuda.jit
+def prepare_kernel(ok, n_orders, status, previous, stats, carry_g, carry_r, carry_c):
+    """Lane ``b = thread`` after the factor and the first solve: ``status[b]`` ``RUNNING`` if
+    its pivots passed (``ok[0, b] == 1``), else ``FAILED``; the first refinement step's
+    zero carries and cleared maxima (``stats`` ``(1, (3 O + 1) B)``, flag 1.0)."""
+    b = cuda.grid(1)
+    B = status.shape[0]
+    if b >= B:
+        return
+    status[b] = RUNNING if ok[0, b] == 1.0 else FAILED
+    previous[b] = math.inf
+    _restart_lane(b, B, n_orders, stats, carry_g, carry_r, carry_c)
+
+
+
+
+@cuda.jit
+def decide_kernel(stats, n_orders, step, max_steps, first_limit, status, previous,
+                  carry_g, carry_r, carry_c):
+    """The host's stopping rule after refinement step ``step`` for lane ``b = thread``
+    (``lane_refinement_step``), then the next step's zero carries and cleared maxima."""
+    b = cuda.grid(1)
+    B = status.shape[0]
+    if b >= B:
+        return
+    _lane_refinement_step(stats[0], b, B, n_orders, step, max_steps, first_limit, status,
+                          previous)
+    _restart_lane(b, B, n_orders, stats, carry_g, carry_r, carry_c)
+
+
+@cuda.jit
+def unstage_kernel(x_l, x):
+    """x ``(B, T, n)`` from the lane layout x_l ``(1, T*n*B)``; thread ``t * B + b``."""
+    k = cuda.grid(1)
+    B, n_steps, n = x.shape
+    if k >= B * n_steps:
+        return
+    t = k // B
+    b = k % B
+    for a in range(n):
+        x[b, t, a] = x_l[0, (t * n + a) * B + b]
+
+
+@cuda.jit
+def mark_retries_kernel(status, sequential, info, state, applied, last):
+    """System ``b = thread``: a converged lane is done (``state`` ``CONVERGED``); any other
+    is to be factored again sequentially (``sequential`` ``PENDING``, ``state``
+    ``RETRY``). ``info = 0``, no correction applied yet (``refine.apply_kernel``)."""
+    b = cuda.grid(1)
+    if b >= status.shape[0]:
+        return
+    info[b] = 0
+    applied[b] = 0
+    last[b] = 0
+    if status[b] == CONVERGED:
+        sequential[b] = partitioned.PARTITIONED  # not sequential: solved by the lanes
+        state[b] = refine.CONVERGED
+    else:
+        sequential[b] = partitioned.PENDING
+        state[b] = refine.RETRY
+
+
+@cuda.jit
+def retry_column_norms_kernel(lower, sequential, scale):
+    """``scale[s, t, k] = sqrt(M_kk)`` from the sequential factor ``(Bl, T, p+1, n, n)``
+    of the systems being retried only (thread ``s * T + t``; scale ``(Bl, T, n)``)."""
+    k = cuda.grid(1)
+    n_steps = scale.shape[1]
+    if k >= scale.shape[0] * n_steps:
+        return
+    s = k // n_steps
+    if sequential[s] != partitioned.SEQUENTIAL:
+        return
+    t = k % n_steps
+    for a in range(scale.shape[2]):
+        scale[s, t, a] = math.sqrt(_diagonal_of_product(lower[s], t, a))
+
+
+# ----------------------------------------------------------------------------- solve
+
+def solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x):
+    """``x = M^{-1} b`` refined into x ``(B, T, n)`` (float64 device array) for a batch
+    whose left-hand-side batch is the full batch (index maps ``shape``, ``strides`` of
+    ``batch_maps``); returns each lane's status ``(B,)`` (``CONVERGED``, or ``FAILED``
+    where the pivot test or the refinement failed: its x is not to be used)."""
+    O, Ti, Oi, we2, wi2, ws2, _ = lhs.kernel_scalars()
+    coefficients = lhs.coefficients
+    Bc, Tc, E, n = coefficients.shape
+    B, T, _ = x.shape
+    D = n // O
+    Tr, Th = rhs_flat.shape[1], lhs.steps_shape[-1]
+    n_init = max(Ti, 1)
+    lay = codegen.Layout(D, O, E)
+    mod = kernels(D, O, E)
+    f64 = np.float64
+
+    def lanes(per_system):
+        return device.scratch((1, per_system * B), f64)
+
+    c_l, r_l, g_l, h_l = lanes(Tc * E * n), lanes(Tr * E), lanes(n_init * n), lanes(max(Th, 1))
+    lower, ys = lanes(T * lay.n_packed), lanes((T + 1) * lay.n_y)
+    x_l, scale_l, v = lanes(T * n), lanes(T * n), lanes(T * n)
+    ok, stats = lanes(1), lanes(3 * O + 1)
+    carry_l, carry_z, carry_g, carry_r, carry_c = (lanes(lay.n_packed), lanes(n), lanes(n),
+                                                   lanes(n), lanes(n))
+    pins = device.scratch((T * n,), f64)
+    status = device.scratch((B,), np.int64)
+    previous = device.scratch((B,), f64)
+    U = np.uint64
+    inputs = (c_l, U(E * n * B if Tc > 1 else 0), r_l, U(E * B if Tr > 1 else 0), g_l,
+              U(n * B), n_init, h_l, U(B if Th > 1 else 0), pins, we2, math.sqrt(ws2))
+
+    threads = config.LANE_THREADS
+    device.launch(stage_kernel, B * T, coefficients, lhs.steps, rhs_flat, init_flat, shape,
+                  strides["coefficients"], strides["steps"], strides["rhs"], strides["init"],
+                  O, Ti, Oi, Th, wi2, c_l, r_l, g_l, h_l, pins, ok, carry_l, carry_z, carry_c,
+                  ys)
+    device.launch(mod.factor_forward, B, 1, T, *inputs, CHOLESKY_PIVOT_TOL, lower, ys, x_l,
+                  scale_l, ok, carry_l, carry_z, B, threads=threads)
+    # every sweep starts from zero carries (stage_kernel's, then prepare / decide_kernel's)
+    device.launch(mod.backward, B, 1, T, lower, ys, x_l, x_l, scale_l, stats, carry_c, B,
+                  threads=threads)
+    device.launch(prepare_kernel, B, ok, O, status, previous, stats, carry_g, carry_r,
+                  carry_c)
+    for step in range(CHOLESKY_MAX_STEPS):
+        device.launch(mod.residual_forward, B, 1, T, *inputs, x_l, x_l, lower, ys, v,
+                      carry_g, carry_r, status, B, threads=threads)
+        device.launch(mod.correction_backward, B, 1, T, lower, ys, v, x_l, scale_l, stats,
+                      carry_c, status, B, threads=threads)
+        device.launch(decide_kernel, B, stats, O, step, CHOLESKY_MAX_STEPS,
+                      CHOLESKY_FIRST_CORRECTION, status, previous, carry_g, carry_r,
+                      carry_c)
+    device.launch(unstage_kernel, B * T, x_l, x)
+    return status
+
+
+def retry_plan(device, B, T, n, bandwidth, status, info):
+    """The arrays of the sequential retry of the failed lanes: ``(lower, sequential,
+    state, applied, last)`` with the retried systems ``PENDING`` / ``RETRY``."""
+    lower = device.scratch((B, T, bandwidth + 1, n, n), np.float64)
+    sequential, state, applied, last = (device.scratch((B,), np.int64) for _ in range(4))
+    device.launch(mark_retries_kernel, B, status, sequential, info, state, applied, last)
+    return lower, sequential, state, applied, last
+
