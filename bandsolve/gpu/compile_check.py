@@ -21,6 +21,7 @@ Needs the ``[cuda-compile]`` extra (numba-cuda, the NVVM/ptxas and NVRTC wheels)
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import os
 import pickle
@@ -32,7 +33,8 @@ import tempfile
 import time
 
 #: Modules whose ``@cuda.jit`` kernels must all be covered.
-KERNEL_MODULES = ("arrays", "thread", "block", "partitioned", "gradient", "refine")
+KERNEL_MODULES = ("arrays", "thread", "block", "partitioned", "gradient", "refine",
+                  "lane_solve")
 
 
 # ----------------------------------------------------------------------------- step 1
@@ -92,6 +94,11 @@ def _drive():
                 bandsolve.SMNNFactorization.from_lower(
                     contiguous, c, h, init_shape=(1, 2), n_steps=6,
                     central_smoothness=central, algorithm=algorithm).solve(r, g)
+        # the generated thread-per-system kernels (algorithm="auto"), small batches let in
+        lanes_min, batch_max = config.LANES_MIN_SYSTEMS, config.PARALLEL_IN_TIME_MAX_BATCH
+        config.LANES_MIN_SYSTEMS, config.PARALLEL_IN_TIME_MAX_BATCH = 1, 0
+        bandsolve.smnn_solve(*dev(*_problem(rng, (3,), 6, 2, 1, 3, 1, 2, dtype)))
+        config.LANES_MIN_SYSTEMS, config.PARALLEL_IN_TIME_MAX_BATCH = lanes_min, batch_max
         # mixed dtypes (device casts), T = 1, no initial values
         c, r, g, h = _problem(rng, (), 1, 2, 1, 2, 1, 1, dtype)
         bandsolve.smnn_solve(*dev(c.astype(np.float32), r, g, h))
@@ -213,6 +220,24 @@ def _declared_kernels():
     return kernels
 
 
+def _import(module):
+    """A module of the package, or one of the generated kernel modules the recording
+    process wrote to the cache folder (``kernels/codegen.py::load``)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        from ..kernels import codegen
+
+        path = os.path.join(codegen.cache_folder(), module + ".py")
+        if not os.path.exists(path):
+            raise
+        spec = importlib.util.spec_from_file_location(module, path)
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[module] = loaded
+        spec.loader.exec_module(loaded)
+        return loaded
+
+
 def compile_all(entries, arch, out=sys.stdout):
     """Compile and assemble every (module, kernel, argtypes); returns the failure count."""
     import numba
@@ -239,7 +264,7 @@ def compile_all(entries, arch, out=sys.stdout):
     print("-" * len(header), file=out, flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for module, name, argtypes in entries:
-            kernel = getattr(importlib.import_module(module), name)
+            kernel = getattr(_import(module), name)
             label = f"{module.rsplit('.', 1)[-1]}.{name}"
             signature = _short_signature(argtypes)
             start = time.perf_counter()

@@ -266,3 +266,31 @@ def retry_plan(device, B, T, n, bandwidth, status, info):
     device.launch(mark_retries_kernel, B, status, sequential, info, state, applied, last)
     return lower, sequential, state, applied, last
 
+
+
+def bytes_moved(n_systems, n_steps, n_dims, n_orders, n_equations, itemsize,
+                refinement_steps=1):
+    """Model of the device memory traffic of one lane solve (bytes), every input varying
+    per system and step and ``itemsize`` bytes per input/output value; each value is
+    counted once per kernel that reads or writes it (no cache reuse across kernels).
+
+    Per system and step (float64 ``F = 8`` bytes; ``n = D O``, ``NP`` packed diagonal,
+    ``NY`` coupling entries): inputs ``I = E n + E + 1`` values (one initial step, not
+    counted), cast to float64 (``I (itemsize + F)``, none for float64) and staged
+    (``2 I F``); ``factor_forward`` reads ``I`` and writes ``NP + NY + 2 n``; ``backward``
+    reads ``NP + NY + 2 n`` and writes ``n``; each refinement step reads ``I + NP + NY +
+    n`` and writes ``n`` (residual), reads ``NP + NY + 3 n`` and writes ``n``
+    (correction); ``x`` unstaged (``2 n F``) and cast back (``n (F + itemsize)``, none
+    for float64).
+    """
+    lay = codegen.Layout(n_dims, n_orders, n_equations)
+    n, F = lay.n, 8
+    inputs = n_equations * n + n_equations + 1
+    factor = lay.n_packed + lay.n_y
+    cast = 0 if itemsize == F else inputs * (itemsize + F) + n * (F + itemsize)
+    values = (2 * inputs                          # staging
+              + inputs + factor + 2 * n           # factor_forward
+              + factor + 3 * n                    # backward
+              + refinement_steps * (inputs + factor + 2 * n + factor + 4 * n)
+              + 2 * n)                            # unstaging
+    return n_systems * n_steps * (values * F + cast)
