@@ -21,7 +21,10 @@ long     1                                     10^6    1    3
 Modes: ``forward`` (the solve) and ``forward+backward`` (solve, then the gradients of
 ``sum(u * ubar)`` with respect to all four inputs). Methods:
 
-* ``core``: ``bandsolve.smnn_solve`` / ``smnn_solve_vjp`` on CuPy arrays;
+* ``core``: ``bandsolve.smnn_solve`` / ``smnn_solve_vjp`` on CuPy arrays (the generated
+  lane kernels where they apply; ``achieved_GBps``: their modelled bytes moved,
+  ``bandsolve.gpu.lane_solve.bytes_moved``, over the device time);
+* ``thread``: the same with ``algorithm="thread"`` (the one-thread-per-system kernels);
 * ``torch``, ``jax``: the adapters on CUDA tensors / JAX GPU arrays (``jax.jit``);
 * ``reference``: the authors' ``ode_forward`` (``smnn.py`` of the S-MNN paper's code, loaded
   from ``--reference``; CUDA graphs on, as its default), whose relative difference from
@@ -62,7 +65,7 @@ SHAPES = {
     "lorenz": dict(batch=(512, 3), T=50, D=1, O=3, lhs_batch=(1, 3)),
     "long": dict(batch=(1,), T=10**6, D=1, O=3, lhs_batch=None),
 }
-METHODS = ("core", "torch", "jax", "reference", "cupy_dense", "host")
+METHODS = ("core", "thread", "torch", "jax", "reference", "cupy_dense", "host")
 DENSE_SYSTEMS = 16       # systems of the dense baseline (where T * n is small enough)
 DENSE_MAX_UNKNOWNS = 4096
 REPEATS = 10
@@ -120,25 +123,43 @@ def rel_diff(a, b):
 # ----------------------------------------------------------------------------- methods
 # Each returns (function to time, how to time it, the solution u as NumPy or None, notes).
 
-def core(problem, backward):
+def core(problem, backward, algorithm="auto"):
+    """bandsolve on CuPy arrays. ``algorithm="auto"`` takes the generated lane kernels where
+    they apply (``notes["algorithm"] == "lanes"``, with the modelled bytes moved of the
+    forward solve, ``model_bytes``); the ``thread`` method is the same call with
+    ``algorithm="thread"``: the one-thread-per-system kernels they replace."""
     import cupy
 
-    from bandsolve.gpu import config
+    from bandsolve.gpu import config, lane_solve
 
     c, r = problem[0], problem[1]
-    notes = {"algorithm": config.choose_algorithm(c.shape[-2] * c.shape[-1], r.shape[-2],
-                                                  math.prod(r.shape[:-2]), 1)}
+    B, T = math.prod(r.shape[:-2]), r.shape[-2]
+    E, D, O = c.shape[-3:]
+    resolved = config.choose_algorithm(D * O, T, B, 1)
+    notes = {"algorithm": resolved if algorithm == "auto" else algorithm}
+    lanes = (algorithm == "auto" and resolved == "thread" and config.USE_LANES
+             and D * O <= lane_solve.codegen.MAX_BLOCK and B >= config.LANES_MIN_SYSTEMS
+             and math.prod(c.shape[:-4]) == B)
+    if lanes:
+        notes["algorithm"] = "lanes"
+        if not backward:
+            notes["model_bytes"] = lane_solve.bytes_moved(B, T, D, O, E, c.dtype.itemsize)
     inputs = [cupy.asarray(a) for a in problem]
     if not backward:
-        return (lambda: bandsolve.smnn_solve(*inputs)), cupy_timed, \
-            lambda: cupy.asnumpy(bandsolve.smnn_solve(*inputs)), notes
-    u, _ = bandsolve.smnn_solve_vjp(*inputs)
+        def forward():
+            return bandsolve.smnn_solve(*inputs, algorithm=algorithm)
+        return forward, cupy_timed, lambda: cupy.asnumpy(forward()), notes
+    u, _ = bandsolve.smnn_solve_vjp(*inputs, algorithm=algorithm)
     ubar = cupy.ones_like(u)
 
     def both():
-        _, vjp = bandsolve.smnn_solve_vjp(*inputs)
+        _, vjp = bandsolve.smnn_solve_vjp(*inputs, algorithm=algorithm)
         return vjp(ubar)
     return both, cupy_timed, None, notes
+
+
+def thread(problem, backward):
+    return core(problem, backward, algorithm="thread")
 
 
 def torch_adapter(problem, backward):
@@ -289,7 +310,8 @@ def run(results, budget_s, *, reference_path=None, dtypes=("float32", "float64")
                     continue
                 try:
                     backward = mode != "forward"
-                    setup = {"core": core, "torch": torch_adapter, "jax": jax_adapter,
+                    setup = {"core": core, "thread": thread, "torch": torch_adapter,
+                             "jax": jax_adapter,
                              "cupy_dense": cupy_dense, "host": host}.get(method)
                     made = (reference(problem, backward, ode_forward)
                             if method == "reference" else setup(problem, backward))
@@ -301,6 +323,8 @@ def run(results, budget_s, *, reference_path=None, dtypes=("float32", "float64")
                     device_ms, host_ms = timer(fn, repeats)
                     record.update(device_ms=device_ms, host_ms=host_ms, repeats=repeats)
                     record.update(notes)
+                    if notes.get("model_bytes") and device_ms:
+                        record["achieved_GBps"] = notes["model_bytes"] / device_ms / 1e6
                     if solution is not None:
                         u = solution()
                         flat = u.reshape((-1,) + u.shape[-3:])

@@ -98,9 +98,9 @@ def lane_statuses(monkeypatch):
     real = lane_solve.solve_lanes
 
     def spy(*args):
-        status = real(*args)
+        factor, status = real(*args)
         calls.append(status.copy_to_host())
-        return status
+        return factor, status
 
     monkeypatch.setattr(lane_solve, "solve_lanes", spy)
     return calls
@@ -197,3 +197,59 @@ def test_rank_deficient_lane_is_named(lane_statuses):
     ref, cond = oracle_solve(c[keep], r[keep], g[keep], h[keep])
     for k, b in enumerate(keep):
         assert max(order_errors(u[b], ref[k])) <= _tolerance(cond[k])
+
+
+def _directional_derivative(problem, index, direction, ubar, eps=1e-6):
+    """``d/ds <ubar, u_lstsq(problem with input[index] + s*direction)>`` at 0 by a
+    fourth-order central difference of the lstsq oracle (independent of bandsolve)."""
+    def value(s):
+        moved = list(problem)
+        moved[index] = problem[index] + s * direction
+        return float(np.sum(ubar * oracle_solve(*moved)[0]))
+    return (8 * (value(eps) - value(-eps)) - (value(2 * eps) - value(-2 * eps))) / (12 * eps)
+
+
+@pytest.mark.parametrize("case", ["per-step", "coefficients constant in time",
+                                  "ill-conditioned system retried"])
+def test_vjp_through_the_lanes_matches_finite_differences(lane_statuses, monkeypatch, case):
+    """``smnn_solve_vjp`` keeps the lane factor and solves ``M y = ubar`` in the lanes
+    (a lane that failed is solved with its sequential factor); the gradient sums are the
+    thread kernels'. Checked against finite differences of the lstsq oracle."""
+    kw = dict(coef_T=1, steps_T=1) if case == "coefficients constant in time" else {}
+    ill = case == "ill-conditioned system retried"
+    problem = list(make_problem(34, batch=(5,), T=8 if ill else 5, E=1 if ill else 2, D=1,
+                                O=4 if ill else 2, Ti=1, Oi=2, **kw))
+    if ill:  # small steps at O = 4 (cond(A) ~1e8): system 2 fails the pivot test
+        problem[3] = problem[3].copy()
+        problem[3][2] = 2e-3
+    plain = []
+    real_plain = lane_solve.DeviceLaneFactor.solve_plain
+
+    def plain_spy(self, device, extra, y):
+        status = real_plain(self, device, extra, y)
+        plain.append(status.copy_to_host())
+        return status
+
+    monkeypatch.setattr(lane_solve.DeviceLaneFactor, "solve_plain", plain_spy)
+    dev = [cuda.to_device(np.ascontiguousarray(a)) for a in problem]
+    u, vjp = bandsolve.smnn_solve_vjp(*dev, check=True)
+    assert len(lane_statuses) == 1, "the lane kernels were not used"
+    rng = np.random.default_rng(9)
+    ubar = rng.standard_normal(u.shape)
+    grads = [gr.copy_to_host() for gr in vjp(cuda.to_device(ubar))]
+    assert len(plain) == 1 and len(lane_statuses) == 1  # no second factorisation
+    retried = [b for b in range(5) if plain[0][b] != CONVERGED]
+    assert retried == ([2] if ill else []), (retried, lane_statuses)
+    for index, grad in enumerate(grads):
+        assert grad.shape == problem[index].shape
+        direction = rng.standard_normal(grad.shape)
+        if ill:
+            # the retried system's gradients are checked finite only: M y = ubar has
+            # cond(M) = cond(A)^2 ~3e16 there, and both backends' second solve is off
+            # the finite differences (measured: 0.9% device, 7.5% host; a known limit)
+            assert np.all(np.isfinite(grad[2]))
+            direction[2] = 0.0
+        expected = _directional_derivative(problem, index, direction, ubar)
+        # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
+        assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
+            index, np.sum(grad * direction), expected)

@@ -62,6 +62,8 @@ class Report:
                 if r.get("section") != "bench" or "method" not in r:
                     continue
                 note = r.get("error") or r.get("skipped") or r.get("note") or ""
+                if not note and r.get("achieved_GBps"):
+                    note = f"{r['algorithm']}: {r['achieved_GBps']:.0f} GB/s (modelled bytes)"
                 lines.append("| " + " | ".join(str(x) for x in (
                     r["shape"], r["dtype"], r["mode"], r["method"], _ms(r.get("device_ms")),
                     _ms(r.get("host_ms")), _sci(r.get("rel_diff_vs_core")),

@@ -395,7 +395,9 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
             device.launch_blocks(partitioned.sequential_solve_kernel, B, _block_threads(n),
                                  lower, info, sequential, shape, factor_strides, skip, x)
 
-    def _backward(self, device, rhs, init, batch, x, ubar):
+    def _ubar_of(self, device, batch, ubar):
+        """``ubar`` checked against u's shape (broadcastable to it) as a new float64 array
+        ``(B, T, n)``; None for an empty batch."""
         lhs = self._lhs
         B, T, n = math.prod(batch), lhs.n_steps, lhs.block_size
         u_shape = batch + (T, lhs.n_dims, lhs.n_orders)
@@ -410,8 +412,15 @@ class DeviceSMNNFactorization(_problem.FactorizationInfo):
             raise ValueError(f"ubar must have the shape of u, {u_shape}; "
                              f"got {shape_of(ubar)}")
         if B == 0:
+            return None
+        return arrays.copy_broadcast(device, ubar, u_shape, COMPUTE)[1].reshape((B, T, n))
+
+    def _backward(self, device, rhs, init, batch, x, ubar):
+        lhs = self._lhs
+        B, T, n = math.prod(batch), lhs.n_steps, lhs.block_size
+        y = self._ubar_of(device, batch, ubar)
+        if y is None:
             return self._zero_gradients(device, shape_of(rhs), shape_of(init))
-        y = arrays.copy_broadcast(device, ubar, u_shape, COMPUTE)[1].reshape((B, T, n))
         target = arrays.copy_broadcast(device, y, (B, T, n), COMPUTE)[1]  # ubar, kept
         shape, strides = batch_maps(batch, coefficients=lhs.coefficients_batch,
                                     steps=lhs.steps_batch, rhs=shape_of(rhs)[:-2],
@@ -491,26 +500,66 @@ def _solve_inputs(device, lhs, rhs, init, batch):
     return rhs_flat, init_flat, shape, strides
 
 
-def _lane_solve(device, lhs, rhs, init, batch):
-    """``(u, status)`` of ``smnn_solve`` by the generated thread-per-system kernels
-    (``lane_solve`` module docstring), with the systems whose lane failed factored again
-    by the sequential block kernels (row-QR fallback included) and solved from zero, as
-    the parallel-in-time factorisation retries its failures; all decided on the device."""
+def _lane_solve(device, lhs, rhs, init, batch, with_vjp):
+    """``smnn_solve`` (``with_vjp=False``: returns ``(u, status)``) and ``smnn_solve_vjp``
+    (``(u, vjp, status)``) by the generated thread-per-system kernels (``lane_solve``
+    module docstring). The systems whose lane failed are factored again by the sequential
+    block kernels (row-QR fallback included) and solved from zero, as the
+    parallel-in-time factorisation retries its failures; all decided on the device."""
     B, T, n = math.prod(batch), lhs.n_steps, lhs.block_size
     rhs_flat, init_flat, shape, strides = _solve_inputs(device, lhs, rhs, init, batch)
     x_user, x = device.empty((B, T, n), COMPUTE)
-    lanes_status = lane_solve.solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x)
+    lanes, lanes_status = lane_solve.solve_lanes(device, lhs, rhs_flat, init_flat, shape,
+                                                 strides, x)
     info_user, info = device.empty((B,), np.int64)
     lower, sequential, state, applied, last = lane_solve.retry_plan(
         device, B, T, n, lhs.bandwidth, lanes_status, info)
-    _sequential_retry(device, lhs, lower, info, sequential)
     status = Status(info_user, info, lhs.batch_shape, device)
-    scale = device.scratch((B, T, n), COMPUTE)
-    device.launch(lane_solve.retry_column_norms_kernel, B * T, lower, sequential, scale)
     # the parallel-in-time factorisation's retry path: its substitutions and refinement of
     # the systems marked sequential are what the failed lanes need
     retry = DeviceSMNNFactorization(lhs, "partitioned", lower, lower, status, device,
-                                    partition=(None, None, None, sequential), scale=scale)
+                                    partition=(None, None, None, sequential),
+                                    scale=device.scratch((B, T, n), COMPUTE))
+    _retry_lanes(device, retry, x, shape, strides, rhs_flat, init_flat, None, state, applied,
+                 last)
+    u = _to_user(device, x_user, x, lhs.dtype).reshape(batch + (T, lhs.n_dims, lhs.n_orders))
+    if not with_vjp:
+        return u, status
+    # private copies: later changes to the caller's rhs or u (a view of x) must not change
+    # the gradients
+    rhs, x = (arrays.copy_broadcast(device, a, shape_of(a), a.dtype)[1] for a in (rhs, x))
+
+    def vjp(ubar, *, stream=None):
+        call = device if stream is None else Device.for_inputs((ubar,), stream)
+        y = retry._ubar_of(call, batch, ubar)
+        if y is None:  # an empty batch
+            return retry._zero_gradients(call, shape_of(rhs), shape_of(init))
+        target = arrays.copy_broadcast(call, y, (B, T, n), COMPUTE)[1]  # ubar, kept
+        plain_status = lanes.solve_plain(call, target, y)
+        state, applied, last = (call.scratch((B,), np.int64) for _ in range(3))
+        call.launch(lane_solve.mark_plain_retries_kernel, B, plain_status, sequential, state,
+                    applied, last)
+        # (the plain system reads no rhs or initial values, only their index maps' rows)
+        _retry_lanes(call, retry, y, shape, strides, rhs_flat, init_flat, target, state,
+                     applied, last)
+        return retry._gradients(call, rhs, init, batch, x, y, shape, strides)
+
+    return u, vjp, status
+
+
+def _retry_lanes(device, retry, x, shape, strides, rhs_flat, init_flat, extra, state,
+                 applied, last):
+    """Factor the ``PENDING`` systems of ``retry`` (a ``"partitioned"`` factorisation whose
+    every factor is sequential or absent) with the sequential block kernels and solve
+    the ``RETRY`` right-hand sides x ``(B, T, n)`` again from zero, refined (``extra``:
+    the plain system ``M x = extra`` of the VJP); a system that fails gets NaN and its
+    status. Where no system is to be retried every kernel returns at once."""
+    B, T, n = shape_of(x)
+    lhs, info = retry._lhs, retry.status._info
+    lower, sequential = retry._lower, retry._partition[3]
+    _sequential_retry(device, lhs, lower, info, sequential)
+    device.launch(lane_solve.retry_column_norms_kernel, B * T, lower, sequential,
+                  retry._scale)
     factor_strides = strides["factor"]
     device.launch(refine.restart_kernel, B * T * n, x, state)
     device.launch(refine.resume_kernel, B, state, shape, factor_strides, info, 1, applied,
@@ -519,12 +568,10 @@ def _lane_solve(device, lhs, rhs, init, batch):
     records = device.scratch(
         (B, refine.spans_for(T)[1], correction_record_size.py_func(lhs.n_orders)), COMPUTE)
     previous = device.scratch((B,), COMPUTE)
-    retry._refine_steps(device, x, shape, strides, rhs_flat, init_flat, None, state,
+    retry._refine_steps(device, x, shape, strides, rhs_flat, init_flat, extra, state,
                         correction, records, applied, last, previous, first_tag=2,
                         from_zero=True)
     device.launch(refine.finish_kernel, B, state, shape, factor_strides, info)
-    u_shape = batch + (T, lhs.n_dims, lhs.n_orders)
-    return _to_user(device, x_user, x, lhs.dtype).reshape(u_shape), status
 
 
 def _to_user(device, user, view, dtype):
@@ -670,12 +717,12 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     lhs = _DeviceLHS(device, problem, c, h)
     batch = problem.batch
     resolved = _resolve_algorithm(algorithm, lhs, math.prod(batch))
-    if (algorithm == "auto" and resolved == "thread" and not with_vjp
-            and lane_solve.applies(lhs, math.prod(batch))):
-        u, status = _lane_solve(device, lhs, r, g, batch)
+    if algorithm == "auto" and resolved == "thread" and lane_solve.applies(lhs,
+                                                                           math.prod(batch)):
+        *result, status = _lane_solve(device, lhs, r, g, batch, with_vjp)
         if check:
             status.check()
-        return u
+        return tuple(result) if with_vjp else result[0]
     factorization = _factor(device, lhs, resolved)
     if check:
         factorization.check()

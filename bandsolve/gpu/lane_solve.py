@@ -166,6 +166,25 @@ def unstage_kernel(x_l, x):
 
 
 @cuda.jit
+def to_lanes_kernel(values, first, second, carry_z, carry_c):
+    """values ``(B, T, n)`` into the lane layout ``(1, T*n*B)`` of both first and second;
+    step 0 zeroes lane ``b``'s carries ``(1, n*B)`` (thread ``t * B + b``)."""
+    k = cuda.grid(1)
+    B, n_steps, n = values.shape
+    if k >= B * n_steps:
+        return
+    t = k // B
+    b = k % B
+    for a in range(n):
+        first[0, (t * n + a) * B + b] = values[b, t, a]
+        second[0, (t * n + a) * B + b] = values[b, t, a]
+    if t == 0:
+        for a in range(n):
+            carry_z[0, a * B + b] = 0.0
+            carry_c[0, a * B + b] = 0.0
+
+
+@cuda.jit
 def mark_retries_kernel(status, sequential, info, state, applied, last):
     """System ``b = thread``: a converged lane is done (``state`` ``CONVERGED``); any other
     is to be factored again sequentially (``sequential`` ``PENDING``, ``state``
@@ -182,6 +201,24 @@ def mark_retries_kernel(status, sequential, info, state, applied, last):
     else:
         sequential[b] = partitioned.PENDING
         state[b] = refine.RETRY
+
+
+@cuda.jit
+def mark_plain_retries_kernel(status, sequential, state, applied, last):
+    """The VJP's second solve, system ``b = thread``: a converged lane is done; any other
+    is solved again from zero with its sequential factor (``RETRY``), which is made first
+    (``PENDING``) where the forward solve did not need one."""
+    b = cuda.grid(1)
+    if b >= status.shape[0]:
+        return
+    applied[b] = 0
+    last[b] = 0
+    if status[b] == CONVERGED:
+        state[b] = refine.CONVERGED
+    else:
+        state[b] = refine.RETRY
+        if sequential[b] != partitioned.SEQUENTIAL:
+            sequential[b] = partitioned.PENDING
 
 
 @cuda.jit
@@ -202,11 +239,67 @@ def retry_column_norms_kernel(lower, sequential, scale):
 
 # ----------------------------------------------------------------------------- solve
 
+class DeviceLaneFactor:
+    """The lane factors of a batch (:func:`solve_lanes`) with the staged left-hand-side
+    inputs, kept for the VJP's second solve :meth:`solve_plain` (``M y = ubar``)."""
+
+    def __init__(self, mod, lay, n_steps, n_systems, inputs, lower, ys, scale, ok):
+        self._mod, self._lay, self._T, self._B = mod, lay, n_steps, n_systems
+        self._inputs, self._lower, self._ys, self._scale, self._ok = (inputs, lower, ys,
+                                                                       scale, ok)
+
+    def _lanes(self, device, per_system):
+        return device.scratch((1, per_system * self._B), np.float64)
+
+    def _refine(self, device, x_l, extra_l, max_steps, first_limit):
+        """Refinement of x_l in place (``extra_l`` None: ``x += M^{-1} A^T (beta - A x)``,
+        else of the plain system ``M x = extra``), each lane stopped by the host's rule on
+        the device; returns the lanes' status ``(B,)``. The lanes whose factor failed its
+        pivot test are ``FAILED`` from the start."""
+        B, n, O, mod = self._B, self._lay.n, self._lay.O, self._mod
+        status = device.scratch((B,), np.int64)
+        previous = device.scratch((B,), np.float64)
+        stats = self._lanes(device, 3 * O + 1)
+        carry_g, carry_r, carry_c = (self._lanes(device, n) for _ in range(3))
+        v = self._lanes(device, self._T * n)
+        threads, T = config.LANE_THREADS, self._T
+        device.launch(prepare_kernel, B, self._ok, O, status, previous, stats, carry_g,
+                      carry_r, carry_c)
+        residual = mod.residual_forward if extra_l is None else mod.plain_residual_forward
+        extra_l = x_l if extra_l is None else extra_l  # (unused by the least-squares residual)
+        for step in range(max_steps):
+            device.launch(residual, B, 1, T, *self._inputs, x_l, extra_l, self._lower,
+                          self._ys, v, carry_g, carry_r, status, B, threads=threads)
+            device.launch(mod.correction_backward, B, 1, T, self._lower, self._ys, v, x_l,
+                          self._scale, stats, carry_c, status, B, threads=threads)
+            device.launch(decide_kernel, B, stats, O, step, max_steps, first_limit, status,
+                          previous, carry_g, carry_r, carry_c)
+        return status
+
+    def solve_plain(self, device, extra, y):
+        """``y = M^{-1} extra`` refined (both ``(B, T, n)`` float64 device arrays); returns
+        the lanes' status ``(B,)`` (``FAILED``: y of that system is not to be used)."""
+        B, T, n = self._B, self._T, self._lay.n
+        extra_l, y_l = self._lanes(device, T * n), self._lanes(device, T * n)
+        carry_z, carry_c = self._lanes(device, n), self._lanes(device, n)
+        threads = config.LANE_THREADS
+        device.launch(to_lanes_kernel, B * T, extra, extra_l, y_l, carry_z, carry_c)
+        device.launch(self._mod.forward, B, 1, T, self._lower, self._ys, y_l, carry_z, B,
+                      threads=threads)
+        device.launch(self._mod.backward, B, 1, T, self._lower, self._ys, y_l, y_l,
+                      self._scale, self._lanes(device, 3 * self._lay.O + 1), carry_c, B,
+                      threads=threads)
+        status = self._refine(device, y_l, extra_l, refine.MAX_REFINE_STEPS, math.inf)
+        device.launch(unstage_kernel, B * T, y_l, y)
+        return status
+
+
 def solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x):
     """``x = M^{-1} b`` refined into x ``(B, T, n)`` (float64 device array) for a batch
     whose left-hand-side batch is the full batch (index maps ``shape``, ``strides`` of
-    ``batch_maps``); returns each lane's status ``(B,)`` (``CONVERGED``, or ``FAILED``
-    where the pivot test or the refinement failed: its x is not to be used)."""
+    ``batch_maps``); returns ``(factor, status)``: the :class:`DeviceLaneFactor` and each
+    lane's status ``(B,)`` (``CONVERGED``, or ``FAILED`` where the pivot test or the
+    refinement failed: its x is not to be used)."""
     O, Ti, Oi, we2, wi2, ws2, _ = lhs.kernel_scalars()
     coefficients = lhs.coefficients
     Bc, Tc, E, n = coefficients.shape
@@ -216,20 +309,15 @@ def solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x):
     n_init = max(Ti, 1)
     lay = codegen.Layout(D, O, E)
     mod = kernels(D, O, E)
-    f64 = np.float64
 
     def lanes(per_system):
-        return device.scratch((1, per_system * B), f64)
+        return device.scratch((1, per_system * B), np.float64)
 
     c_l, r_l, g_l, h_l = lanes(Tc * E * n), lanes(Tr * E), lanes(n_init * n), lanes(max(Th, 1))
     lower, ys = lanes(T * lay.n_packed), lanes((T + 1) * lay.n_y)
-    x_l, scale_l, v = lanes(T * n), lanes(T * n), lanes(T * n)
-    ok, stats = lanes(1), lanes(3 * O + 1)
-    carry_l, carry_z, carry_g, carry_r, carry_c = (lanes(lay.n_packed), lanes(n), lanes(n),
-                                                   lanes(n), lanes(n))
-    pins = device.scratch((T * n,), f64)
-    status = device.scratch((B,), np.int64)
-    previous = device.scratch((B,), f64)
+    x_l, scale_l, ok = lanes(T * n), lanes(T * n), lanes(1)
+    carry_l, carry_z, carry_c = lanes(lay.n_packed), lanes(n), lanes(n)
+    pins = device.scratch((T * n,), np.float64)
     U = np.uint64
     inputs = (c_l, U(E * n * B if Tc > 1 else 0), r_l, U(E * B if Tr > 1 else 0), g_l,
               U(n * B), n_init, h_l, U(B if Th > 1 else 0), pins, we2, math.sqrt(ws2))
@@ -239,23 +327,15 @@ def solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x):
                   strides["coefficients"], strides["steps"], strides["rhs"], strides["init"],
                   O, Ti, Oi, Th, wi2, c_l, r_l, g_l, h_l, pins, ok, carry_l, carry_z, carry_c,
                   ys)
+    # every sweep starts from zero carries (stage_kernel's, then prepare / decide_kernel's)
     device.launch(mod.factor_forward, B, 1, T, *inputs, CHOLESKY_PIVOT_TOL, lower, ys, x_l,
                   scale_l, ok, carry_l, carry_z, B, threads=threads)
-    # every sweep starts from zero carries (stage_kernel's, then prepare / decide_kernel's)
-    device.launch(mod.backward, B, 1, T, lower, ys, x_l, x_l, scale_l, stats, carry_c, B,
-                  threads=threads)
-    device.launch(prepare_kernel, B, ok, O, status, previous, stats, carry_g, carry_r,
-                  carry_c)
-    for step in range(CHOLESKY_MAX_STEPS):
-        device.launch(mod.residual_forward, B, 1, T, *inputs, x_l, x_l, lower, ys, v,
-                      carry_g, carry_r, status, B, threads=threads)
-        device.launch(mod.correction_backward, B, 1, T, lower, ys, v, x_l, scale_l, stats,
-                      carry_c, status, B, threads=threads)
-        device.launch(decide_kernel, B, stats, O, step, CHOLESKY_MAX_STEPS,
-                      CHOLESKY_FIRST_CORRECTION, status, previous, carry_g, carry_r,
-                      carry_c)
+    device.launch(mod.backward, B, 1, T, lower, ys, x_l, x_l, scale_l, lanes(3 * O + 1),
+                  carry_c, B, threads=threads)
+    factor = DeviceLaneFactor(mod, lay, T, B, inputs, lower, ys, scale_l, ok)
+    status = factor._refine(device, x_l, None, CHOLESKY_MAX_STEPS, CHOLESKY_FIRST_CORRECTION)
     device.launch(unstage_kernel, B * T, x_l, x)
-    return status
+    return factor, status
 
 
 def retry_plan(device, B, T, n, bandwidth, status, info):

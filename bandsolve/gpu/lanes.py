@@ -7,10 +7,11 @@ step ``t`` of system ``w`` at ``array[0, (t*K + k)*W + w]``, so the threads of a
 and write consecutive addresses (coalesced), and the blocks of a step are named scalars
 that live in registers instead of ``n``-sized loops over global memory.
 
-Status: the kernels are generated, pass the CUDA simulator against the least-squares
-oracle (``tests/gpu_lane_cases.py``) and compile for sm_90 (:func:`compile_report`:
-registers, spills), but the device driver does not use them yet; nothing here has run on
-a real GPU.
+``smnn_solve`` and ``smnn_solve_vjp`` on device arrays use them through
+``bandsolve/gpu/lane_solve.py`` (``algorithm="auto"``, see :func:`lane_solve.applies`).
+They pass the CUDA simulator against the least-squares oracle and finite differences
+(``tests/gpu_lane_cases.py``) and compile for sm_90 (:func:`compile_report`: registers,
+spills); nothing here has run on a real GPU yet.
 """
 
 import os
