@@ -64,6 +64,13 @@ def jit_helper(func):
     return _njit(func, inline="always")
 
 
+def jit_reduction(func):
+    """Compile a reduction loop that LLVM may vectorise: the only fast-math flag is the
+    reassociation of the sum (``fastmath={"reassoc"}``), so NaN and Inf keep their
+    meaning (the flags that drop them are never set)."""
+    return _njit(func, fastmath={"reassoc"})
+
+
 class BatchKernel:
     """A kernel whose outer loop is a ``numba.prange`` over systems, compiled twice:
     threaded, and serial for a single system (waking the thread pool for one system costs

@@ -104,8 +104,20 @@ def not_positive_error(name, value, where):
                            + " at index {index}")
 
 
+# Contiguous float arrays at least this large are tested in one compiled pass first
+_FAST_TEST_SIZE = 4096
+
+
 def check_finite(name, array):
     """``ValueError`` if ``array`` holds NaN or Inf, naming the first bad position."""
+    if (array.dtype.kind == "f" and array.size >= _FAST_TEST_SIZE
+            and array.flags.c_contiguous):
+        from .kernels.finite import all_finite
+
+        # no boolean temporary (and no BLAS call, whose threads keep spinning after it
+        # and slow the kernels' own threads on a small machine)
+        if all_finite(array.reshape(-1)):
+            return
     finite = np.isfinite(array)
     if not finite.all():
         where = tuple(int(i) for i in np.argwhere(~finite)[0])

@@ -713,3 +713,20 @@ def test_jax_adapter_bad_scalars(case):
         with pytest.raises(TypeError, match="MaskedArray"):
             c, r, g, h = base_problem()
             bandsolve_jax.smnn_solve(np.ma.masked_array(c), r, g, h)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_finiteness_check_of_large_arrays(dtype):
+    """Arrays of at least 4,096 entries are tested in one compiled pass first: NaN and
+    Inf are still named at their first position, and the largest finite values pass."""
+    from bandsolve import _validation
+
+    big = np.ones((70, 64, 3), dtype=dtype)
+    _validation.check_finite("coefficients", big)
+    _validation.check_finite("coefficients", big * np.finfo(dtype).max)  # finite
+    for bad in (np.nan, np.inf, -np.inf):
+        a = big.copy()
+        a[12, 5, 1] = bad
+        a[40, 0, 0] = bad
+        with pytest.raises(ValueError, match=r"coefficients.*\(12, 5, 1\)"):
+            _validation.check_finite("coefficients", a)

@@ -28,8 +28,8 @@ def test_generated_cuda_kernels_under_the_simulator():
                     reason="needs pip install -e '.[cuda-compile]' (CI installs it)")
 def test_generated_cuda_kernels_compile_for_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    code = ("from bandsolve.gpu.lanes import compile_report; "
-            "print(repr(compile_report(1, 3, 1)))")
+    code = ("from bandsolve.gpu.compile_check import lane_report; "
+            "print(repr(lane_report(1, 3, 1)))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]

@@ -53,12 +53,24 @@ def _kernel_array(array, dtype=None):
     return array
 
 
+def _lhs_array(array, shape, private):
+    """``array`` broadcast to ``shape`` as a C-contiguous float64 array: a new one if
+    ``private``, if it broadcasts or if it is not one already (the broadcast view of an
+    array to its own shape is read-only, which :func:`_kernel_array` would copy anyway)."""
+    if private or array.shape != shape:
+        return _kernel_array(np.broadcast_to(array, shape), dtype=COMPUTE_DTYPE)
+    return _kernel_array(array, dtype=COMPUTE_DTYPE)
+
+
 class _LeftHandSide:
     """Validated, flattened left-hand-side inputs (internal)."""
 
-    def __init__(self, problem, coefficients, steps):
+    def __init__(self, problem, coefficients, steps, private=True):
         """``problem`` a :class:`bandsolve._problem.Problem`; ``coefficients`` and ``steps``
-        the host arrays it describes (cast here to ``problem.dtype``)."""
+        the host arrays it describes (cast here to float64). ``private``: always keep
+        copies (a factorisation or VJP that outlives the call must not see later changes
+        to the caller's arrays); else the caller's arrays themselves where they already
+        are C-contiguous float64 of the full left-hand-side batch."""
         self.problem = problem
         self.coefficients_shape = problem.coefficients_shape
         self.steps_shape = problem.steps_shape
@@ -72,13 +84,11 @@ class _LeftHandSide:
         self.dtype = problem.dtype  # the inputs' (and results') dtype
         self.batch_shape = problem.lhs_batch
         n_lhs = math.prod(self.batch_shape)
-        self.coefficients = _kernel_array(
-            np.broadcast_to(coefficients, self.batch_shape + coefficients.shape[-4:]),
-            dtype=COMPUTE_DTYPE,
+        self.coefficients = _lhs_array(
+            coefficients, self.batch_shape + coefficients.shape[-4:], private,
         ).reshape(n_lhs, coefficients.shape[-4], self.n_equations, self.block_size)
-        self.steps = _kernel_array(
-            np.broadcast_to(steps, self.batch_shape + steps.shape[-1:]), dtype=COMPUTE_DTYPE
-        ).reshape(n_lhs, steps.shape[-1])
+        self.steps = _lhs_array(steps, self.batch_shape + steps.shape[-1:], private
+                                ).reshape(n_lhs, steps.shape[-1])
 
     @property
     def bandwidth(self):
@@ -575,15 +585,16 @@ class _LaneFactorization(SMNNFactorization):
         return status
 
 
-def _host_problem(coefficients, rhs, init, steps, **options):
+def _host_problem(coefficients, rhs, init, steps, private=True, **options):
     """Validate a full host problem (structure, then values); returns
     ``(lhs, rhs, init, batch)`` with the flattened left-hand side, rhs and init in the
-    problem's dtype, and the full broadcast batch shape."""
+    problem's dtype, and the full broadcast batch shape. ``private``: see
+    :class:`_LeftHandSide`."""
     arrays = _problem.host_inputs(rhs=rhs, coefficients=coefficients, steps=steps, init=init)
     problem = _problem.describe(**arrays, **options)
     _problem.check_values(coefficients=arrays["coefficients"], steps=arrays["steps"],
                           rhs=arrays["rhs"], init=arrays["init"])
-    lhs = _LeftHandSide(problem, arrays["coefficients"], arrays["steps"])
+    lhs = _LeftHandSide(problem, arrays["coefficients"], arrays["steps"], private)
     rhs = arrays["rhs"].astype(problem.dtype, copy=False)
     init = arrays["init"].astype(problem.dtype, copy=False)
     return lhs, rhs, init, problem.batch
@@ -623,7 +634,9 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
     lane kernels (:mod:`bandsolve.cpu.lanes`), which keep no reusable factor
     (factorization and vjp are then None)."""
     check = host_check(check)
-    lhs, rhs, init, batch = _host_problem(coefficients, rhs, init, steps, **options)
+    # a forward-only solve keeps nothing past the call: no private copies of the inputs
+    lhs, rhs, init, batch = _host_problem(coefficients, rhs, init, steps,
+                                          private=not forward_only, **options)
     _check_magnitudes(lhs)
     T = lhs.n_steps
     rhs_flat, rhs_index, init_flat, init_index, _ = lhs.flat_rhs(rhs, init, batch)

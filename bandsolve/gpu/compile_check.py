@@ -5,6 +5,7 @@ CUDA target rejects (NumPy functions, typing it cannot unify, unsupported builti
 check closes that gap::
 
     python -m bandsolve.gpu.compile_check            # sm_90; --arch sm_80 etc.
+    python -m bandsolve.gpu.compile_check --lanes 1,3,1   # the generated kernels of one shape
 
 1. *record* (a subprocess with ``NUMBA_ENABLE_CUDASIM=1``): small solves, VJPs,
    factorisations, rebuilt factors, broadcasting, mixed dtypes and value checks, for both
@@ -287,6 +288,27 @@ def compile_all(entries, arch, out=sys.stdout):
     return len(failures)
 
 
+def lane_report(n_dims, n_orders, n_equations, arch="sm_90"):
+    """``{kernel: {registers, stack, spill_stores, spill_loads, shared}}`` of the generated
+    lane kernels of shape ``(D, O, E)`` (``bandsolve.gpu.lanes``), each compiled to PTX
+    with its argument types from the generator's naming convention and assembled by
+    ptxas (no simulator, no GPU)."""
+    from numba import cuda
+
+    from .lanes import KERNELS, argument_types, kernels
+
+    module = kernels(n_dims, n_orders, n_equations)
+    ptxas = find_ptxas()
+    cc = tuple(int(d) for d in arch.removeprefix("sm_"))
+    report = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in KERNELS:
+            kernel = getattr(module, name)
+            ptx, _ = cuda.compile_ptx(kernel.py_func, argument_types(kernel), cc=cc)
+            report[name] = assemble(ptxas, ptx, arch, workdir)
+    return report
+
+
 def _short_signature(argtypes):
     """dtype and layout of the first array argument, e.g. ``float32 C 4d`` (enough to tell
     the signatures of one kernel apart in the table, with the argument count)."""
@@ -301,9 +323,16 @@ def main(argv=None):
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="sm_90", help="ptxas target (default sm_90)")
     parser.add_argument("--record", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--lanes", metavar="D,O,E",
+                        help="only the generated lane kernels of this shape (e.g. 1,3,1)")
     args = parser.parse_args(argv)
     if args.record:
         record(args.record)
+        return 0
+    if args.lanes:
+        shape = tuple(int(k) for k in args.lanes.split(","))
+        for name, info in lane_report(*shape, arch=args.arch).items():
+            print(name, info)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         entries = _record_in_subprocess(os.path.join(tmp, "launches.pkl"))

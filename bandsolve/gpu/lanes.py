@@ -10,12 +10,10 @@ that live in registers instead of ``n``-sized loops over global memory.
 ``smnn_solve`` and ``smnn_solve_vjp`` on device arrays use them through
 ``bandsolve/gpu/lane_solve.py`` (``algorithm="auto"``, see :func:`lane_solve.applies`).
 They pass the CUDA simulator against the least-squares oracle and finite differences
-(``tests/gpu_lane_cases.py``) and compile for sm_90 (:func:`compile_report`: registers,
-spills); nothing here has run on a real GPU yet.
+(``tests/gpu_lane_cases.py``) and compile for sm_90
+(``bandsolve.gpu.compile_check.lane_report``: registers, spills); nothing here has run on a real GPU yet.
 """
 
-import os
-import tempfile
 import threading
 
 from ..kernels import codegen
@@ -67,31 +65,3 @@ def argument_types(kernel):
 
 KERNELS = ("factor_forward", "backward", "residual_forward", "correction_backward",
            "plain_residual_forward")
-
-
-def compile_report(n_dims, n_orders, n_equations, arch="sm_90"):
-    """``{kernel: {registers, stack, spill_stores, spill_loads, shared}}`` from compiling
-    each generated kernel to PTX (numba-cuda, NVVM) and assembling it with ``ptxas``
-    (the ``[cuda-compile]`` extra; no GPU or driver needed, not under the simulator)."""
-    from numba import cuda
-
-    from .compile_check import assemble, find_ptxas
-
-    module = kernels(n_dims, n_orders, n_equations)
-    ptxas = find_ptxas()
-    cc = tuple(int(c) for c in arch.split("_")[1])
-    report = {}
-    with tempfile.TemporaryDirectory() as workdir:
-        for name in KERNELS:
-            kernel = getattr(module, name)
-            ptx, _ = cuda.compile_ptx(kernel.py_func, argument_types(kernel), cc=cc)
-            report[name] = assemble(ptxas, ptx, arch, os.path.join(workdir))
-    return report
-
-
-if __name__ == "__main__":  # python -m bandsolve.gpu.lanes D O E
-    import sys
-
-    shape = tuple(int(a) for a in sys.argv[1:4]) or (1, 3, 1)
-    for name, info in compile_report(*shape).items():
-        print(name, info)
