@@ -144,6 +144,16 @@ def test_smnn_solve_through_the_lanes_matches_lstsq(lane_statuses, case):
         np.testing.assert_array_equal(a, b)  # inputs never modified
 
 
+def test_paper_block_size_through_the_lanes(lane_statuses):
+    """D = O = E = 3 (n = 9, the CPU benchmarks' shape): the largest generated step code."""
+    problem = make_problem(35, batch=(3,), T=3, E=3, D=3, O=3, Ti=1, Oi=2)
+    u = _solve_on_device(problem)
+    assert lane_statuses and np.all(lane_statuses[0] == CONVERGED)
+    ref, cond = oracle_solve(*problem)
+    for b in range(3):
+        assert max(order_errors(u[b], ref[b])) <= _tolerance(cond[b])
+
+
 def test_float32_inputs_and_weights(lane_statuses):
     options = dict(weight_equation=0.5, weight_init=3.0, weight_smooth=2.0)
     problem = [a.astype(np.float32) for a in make_problem(32, batch=(4,), T=5, E=1, D=1, O=3)]
