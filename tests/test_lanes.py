@@ -114,11 +114,13 @@ def test_lane_solve_matches_lstsq(lane_calls, case, T):
         np.testing.assert_array_equal(a, b)  # inputs never modified
 
 
-@pytest.mark.parametrize("batch", [(), (3,)])
-def test_one_lane_build_for_small_batches(lane_calls, batch):
-    """Fewer systems than lanes: one system per group (straight-line scalar code)."""
+@pytest.mark.parametrize("batch, shared", [((), False), ((3,), False), ((3,), True)])
+def test_one_lane_build_for_small_batches(lane_calls, batch, shared):
+    """Fewer systems than lanes: one system per group (straight-line scalar code), the
+    inputs read in place, or staged where the systems share rhs and initial values."""
     assert lanes.lane_width(3) == 1 and lanes.lane_width(codegen.LANES) == codegen.LANES
-    problem = make_problem(6, batch=batch, T=9, **SHAPE, Ti=1, Oi=2)
+    kw = dict(rhs_batch=(1,), init_batch=()) if shared else {}
+    problem = make_problem(6, batch=batch, T=9, **SHAPE, Ti=1, Oi=2, **kw)
     u = bandsolve.smnn_solve(*problem)
     assert lane_calls and not lane_calls.fallbacks
     _check_against_lstsq(problem, {}, u)

@@ -197,18 +197,35 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
                    gs=U(n * W), hs=U(W if Th > 1 else 0))
     x_out = np.empty((B, T, n))
     status_out = np.empty(n_groups * W, dtype=np.int64)
+    # one lane per group: the lane layout of a system's inputs and solution is their own
+    # layout, so the kernels read and write them in place (no staging copies)
+    direct = W == 1 and rhs_flat.shape[0] == B and np.array_equal(rhs_index, np.arange(B))
     for first in range(0, n_groups, batch):
         G = min(batch, n_groups - first)
         a = {name: np.empty((G, size * W)) if keep else _scratch(name, (G, size * W))
              for name, size in sizes.items()}
         if not Th:
             a["h"][:] = 0.0
-        _stage.for_batch(G * W, T)(first, B, coefficients, steps, rhs_flat, rhs_index,
-                                   init_flat, init_index, O, Ti, Oi, W, a["c"], a["r"],
-                                   a["g"], a["h"])
+        if direct:
+            rows = slice(first, first + G)
+            a["c"] = coefficients[rows].reshape(G, -1)
+            a["r"] = rhs_flat[rows].reshape(G, -1)
+            if Th:
+                a["h"] = steps[rows]
+            g = np.zeros((G, n_init, D, O))
+            if Ti:
+                g[:, :Ti, :, :Oi] = init_flat[init_index[rows]]
+            a["g"] = g.reshape(G, -1)
+            if not keep:  # (a kept factor keeps its own solution)
+                a["x"] = x_out[rows].reshape(G, -1)
+        else:
+            _stage.for_batch(G * W, T)(first, B, coefficients, steps, rhs_flat, rhs_index,
+                                       init_flat, init_index, O, Ti, Oi, W, a["c"], a["r"],
+                                       a["g"], a["h"])
         status_out[first * W:(first + G) * W] = _solve_groups(
             mod, lay, G, T, W, a, strides, n_init, pins, we2, math.sqrt(ws2), O).reshape(-1)
-        _unstage.for_batch(G * W, T)(first, B, W, a["x"], x_out.reshape(B, -1))
+        if not (direct and not keep):
+            _unstage.for_batch(G * W, T)(first, B, W, a["x"], x_out.reshape(B, -1))
 
     info = np.zeros(B, dtype=np.int64)
     failed = np.flatnonzero(status_out[:B] != CONVERGED)
