@@ -263,3 +263,22 @@ def test_vjp_through_the_lanes_matches_finite_differences(lane_statuses, monkeyp
         # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
         assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
             index, np.sum(grad * direction), expected)
+
+
+def test_which_problems_take_the_lanes(lane_statuses):
+    """Shared left-hand sides, central smoothness and blocks above ``codegen.MAX_BLOCK``
+    stay on the one-thread kernels (and are still solved: against lstsq)."""
+    shared = make_problem(36, batch=(4,), T=4, E=1, D=1, O=2, coef_batch=(1,),
+                          steps_batch=(1,))
+    central = make_problem(37, batch=(4,), T=5, E=1, D=1, O=3)
+    large = make_problem(38, batch=(2,), T=3, E=1, D=4, O=3)  # n = 12
+    for problem, options in ((shared, {}), (central, dict(central_smoothness=True)),
+                             (large, {})):
+        u = _solve_on_device(problem, **options)
+        ref, cond = oracle_solve(*problem, **options)
+        for idx in np.ndindex(ref.shape[:-3]):
+            assert max(order_errors(u[idx], ref[idx])) <= _tolerance(cond[idx])
+    assert lane_statuses == []
+    config.LANES_MIN_SYSTEMS = 5  # (the fixture restores it)
+    _solve_on_device(make_problem(39, batch=(4,), T=4, E=1, D=1, O=2))
+    assert lane_statuses == []  # below the size threshold
