@@ -124,20 +124,23 @@ CASES = {
     "coefficients shared by the batch, steps per system": dict(coef_batch=()),
     "two initial steps, every order pinned": dict(Ti=2, Oi=2),
     "one step": dict(T=1, steps_T=0, Ti=1, Oi=2),
+    "one rhs and init for all systems": dict(rhs_batch=(1,), init_batch=()),
+    "two batch axes, coefficients shared along the second": dict(batch=(2, 3),
+                                                                 coef_batch=(2, 1)),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_smnn_solve_through_the_lanes_matches_lstsq(lane_statuses, case):
-    kw = dict(dict(T=4), **CASES[case])
-    problem = make_problem(31, batch=(5,), E=2, D=2, O=2, **kw)
+    kw = dict(dict(T=4, batch=(5,)), **CASES[case])
+    problem = make_problem(31, E=2, D=2, O=2, **kw)
     before = [a.copy() for a in problem]
     u = _solve_on_device(problem)
     assert len(lane_statuses) == 1, "the lane kernels were not used"
     assert np.all(lane_statuses[0] == CONVERGED), lane_statuses[0]  # no retry needed
     ref, cond = oracle_solve(*problem)
     assert u.shape == ref.shape
-    for b in range(5):
+    for b in np.ndindex(kw["batch"]):
         errors = order_errors(u[b], ref[b])
         assert max(errors) <= _tolerance(cond[b]), (b, errors, cond[b])
     for a, b in zip(problem, before):
