@@ -290,3 +290,66 @@ def test_torch_adapter_through_the_lanes(lane_calls):
         expected = _directional_derivative(problem, index, direction, ubar)
         got = float(np.sum(leaf.grad.numpy() * direction))
         assert abs(got - expected) <= 1e-7 * max(1.0, abs(expected)), (index, got, expected)
+
+
+@pytest.fixture
+def shared_calls(monkeypatch):
+    """Route small shared-left-hand-side problems through the lane kernels; returns the
+    lane status of each call (CONVERGED for the systems the lanes solved)."""
+    calls = []
+    real = lanes.shared_lane_solve
+
+    def spy(*args):
+        x, status = real(*args)
+        calls.append(status.copy())
+        return x, status
+
+    monkeypatch.setattr(lanes, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(lanes, "shared_lane_solve", spy)
+    return calls
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(coef_T=1, steps_T=1), dict(T=1, steps_T=0)],
+                         ids=["per-step", "constant in time", "one step"])
+def test_shared_left_hand_sides_in_the_lanes(shared_calls, kw):
+    """Ten right-hand sides per left-hand side (the Lorenz experiment's structure): each
+    left-hand side factored once, its right-hand sides solved four per vector sharing
+    it (groups padded), against lstsq per system."""
+    kw = dict(dict(T=6, Ti=1, Oi=2), **kw)
+    problem = make_problem(12, batch=(10, 3), **SHAPE, coef_batch=(3,),
+                           steps_batch=(3,), **kw)
+    before = [a.copy() for a in problem]
+    u = bandsolve.smnn_solve(*problem)
+    assert len(shared_calls) == 1 and np.all(shared_calls[0] == lanes.CONVERGED)
+    assert u.shape == (10, 3, kw["T"], SHAPE["D"], SHAPE["O"])
+    _check_against_lstsq(problem, {}, u)
+    for a, b in zip(problem, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_shared_left_hand_side_failures_go_to_the_host(shared_calls):
+    """Left-hand side 1 is rank deficient (zero coefficients, no initial values): named
+    by the host path's error, NaN only in its right-hand sides' slices; left-hand side 2
+    (h = 0.002 at O = 4, cond(A) ~1e8) fails the lanes' pivot test and is solved by the
+    host's row-QR fallback, within the backward-stable bound of the 60-digit solution."""
+    rng = np.random.default_rng(13)
+    T, D, O, E = 10, 1, 4, 1
+    c = rng.standard_normal((3, T, E, D, O))
+    c[:, 0] += 2.0
+    r = rng.standard_normal((8, 3, T, E))
+    g = np.zeros((8, 3, 0, D, 0))
+    h = np.full((3, T - 1), 0.5)
+    h[2] = 2e-3
+    c[1] = 0.0
+    with pytest.raises(bandsolve.FactorizationError, match=r"batch index \(1,\)"):
+        bandsolve.smnn_solve(c, r, g, h)
+    u = bandsolve.smnn_solve(c, r, g, h, check=False)
+    status = shared_calls[-1].reshape(8, 3)
+    assert np.all(status[:, 0] == lanes.CONVERGED)
+    assert not np.any(status[:, 1:] == lanes.CONVERGED)
+    assert np.all(np.isnan(u[:, 1])) and np.all(np.isfinite(u[:, [0, 2]]))
+    for i in range(8):
+        for f in (0, 2):
+            ref = exact_solution(c[f], r[i, f], g[i, f], h[f])
+            errors = order_errors(u[i, f], ref.x)
+            assert max(errors) <= 100 * EPS * ref.cond, (i, f, errors, ref.cond)

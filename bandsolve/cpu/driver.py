@@ -639,8 +639,14 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
                                           private=not forward_only, **options)
     _check_magnitudes(lhs)
     T = lhs.n_steps
-    rhs_flat, rhs_index, init_flat, init_index, _ = lhs.flat_rhs(rhs, init, batch)
-    fused = batch == lhs.batch_shape and _rhs_scale(lhs, rhs_flat, init_flat) == 1.0
+    rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
+    unscaled = _rhs_scale(lhs, rhs_flat, init_flat) == 1.0
+    fused = batch == lhs.batch_shape and unscaled
+    if (not fused and unscaled and forward_only
+            and lanes.applies_shared(lhs, math.prod(batch))):
+        x = _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index,
+                               batch, check)
+        return _shape_solution(lhs, x, batch), None, None
     if fused and forward_only and lanes.applies(lhs, math.prod(batch)):
         x, info = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index)
         if check:
@@ -670,6 +676,27 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
         x, _ = factorization._solve(rhs, init, batch, check)
     u = factorization._shape_u(x, batch)
     return u, factorization, lambda ubar: factorization._backward(rhs, init, batch, x, ubar)
+
+
+def _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index, batch,
+                       check):
+    """x ``(B, T, n)`` of right-hand sides sharing left-hand sides by the lane kernels;
+    the systems they could not solve (a left-hand side failing the pivot test, or a
+    refinement failing) are solved by the host factorisation (row-QR fallback included),
+    with the host path's errors and NaN."""
+    x, lane_status = lanes.shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat,
+                                             init_index, lhs_index)
+    retry = np.flatnonzero(lane_status != lanes.CONVERGED)
+    status = np.zeros(x.shape[0], dtype=np.int64)
+    if retry.size:
+        factorization = _factor_lhs(lhs, check)
+        sub_x = np.empty((retry.size,) + x.shape[1:], dtype=COMPUTE_DTYPE)
+        status[retry] = factorization._refined(rhs_flat, rhs_index[retry], init_flat,
+                                               init_index[retry], lhs_index[retry], sub_x)
+        x[retry] = sub_x
+    if check:
+        _raise_if_failed(status, batch)
+    return x
 
 
 def normal_equations(coefficients, rhs, init, steps, **options):

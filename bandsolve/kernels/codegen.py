@@ -90,8 +90,8 @@ class Layout:
         self.y_slot = {rc: i for i, rc in enumerate(self.y_entries)}
         self.n_y = len(self.y_entries)
 
-    def key(self, width):
-        return f"d{self.D}_o{self.O}_e{self.E}_w{width}"
+    def key(self, width, shared=False):
+        return f"d{self.D}_o{self.O}_e{self.E}_w{width}{'_shared' if shared else ''}"
 
 
 def _sum(terms):
@@ -519,7 +519,13 @@ def _pins(n):
 REFINEMENT_SWEEPS = ("residual_forward", "plain_residual_forward", "correction_backward")
 
 
-def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
+# The sweeps of a shared left-hand side (``generate(..., shared=True)``) and the arrays
+# they read from it: one left-hand side per group, stored without lanes
+SHARED_SWEEPS = ("forward", "backward", "correction_backward", "residual_forward")
+LHS_ARRAYS = ("coefficients", "steps", "lower", "ys", "scale")
+
+
+def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu", shared=False):
     """Python source of the lane kernels for shape ``(D, O, E)``.
 
     ``target="cpu"``: Numba CPU kernels, ``width`` lanes per group, ``prange`` over
@@ -527,6 +533,12 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
     (system) of a single group whose width ``W`` (the number of systems, padded) is a
     kernel argument: consecutive threads read consecutive addresses (coalesced), and
     every block of a step lives in registers.
+
+    ``shared`` (CPU): the sweeps of :data:`SHARED_SWEEPS` for right-hand sides that
+    share left-hand sides: every lane of group ``g`` belongs to left-hand side
+    ``fmap[g]`` (a last argument), whose arrays (:data:`LHS_ARRAYS`: inputs, factor,
+    column norms) are read from row ``fmap[g]`` of the one-lane layout (the factor of
+    ``generate(..., width=1)``'s ``factor_forward``), one value for all lanes.
     """
     lay = Layout(n_dims, n_orders, n_equations)
     n = lay.n
@@ -568,7 +580,11 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
         ("gradient", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, we2, ws, "
          "x, y, c_bar, r_bar, h_bar", "range(T)", step_offsets, _gradient_step(lay)),
     )
+    if shared:
+        kernels = tuple(k for k in kernels if k[0] in SHARED_SWEEPS)
     for name, arguments, steps, offsets, body in kernels:
+        if shared:
+            arguments += ", fmap"
         if cuda:  # one thread per lane; W (the lanes of the one group) an argument
             refining = name in REFINEMENT_SWEEPS
             src.append("@cuda.jit(fastmath={'contract'})")
@@ -582,6 +598,8 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
             src.append("@numba.njit(**_OPTIONS)")
             src.append(f"def {name}(n_groups, T, {arguments}):")
             src.append(f"    for g in {'numba.prange' if parallel else 'range'}(n_groups):")
+            if shared:
+                src.append("        f = fmap[g]")
             lane_loop = "for w in range(U(W)):"
         src.append(f"        for t in {steps}:")
         src.extend(["    " + line for line in _loop(body, offsets, lane_loop)])
@@ -589,7 +607,24 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu"):
             src.append("    return 0")
         src.append("")
     source = "\n".join(src) + "\n"
+    if shared:
+        source = _shared_lhs(source)
     return source if cuda else _with_offset_constants(source)
+
+
+def _shared_lhs(source):
+    """The left-hand side's arrays read from row ``f`` of the one-lane layout: their
+    accesses lose the lane (``[g, o + U(k * W) + w]`` -> ``[f, o + U(k)]``) and their step
+    offsets ``ol``, ``oy``, ``os`` the width (the strides ``cs``, ``hs`` are the caller's)."""
+    import re
+
+    names = "|".join(LHS_ARRAYS)
+    source = re.sub(rf"\b({names})\[g, (\w+) \+ U\((\d+) \* W\) \+ w\]",
+                    r"\1[f, \2 + U(\3)]", source)
+    source = re.sub(r"^(\s+(?:ol|oy|os) = .*)U\((NP|NY|N) \* W\)$", r"\1U(\2)", source,
+                    flags=re.M)
+    assert not re.search(rf"\b({names})\[g,", source), "a left-hand-side access kept its lane"
+    return source
 
 
 def load(source, name):

@@ -52,6 +52,28 @@ def kernels(n_dims, n_orders, n_equations, width):
         return _modules[key]
 
 
+def shared_kernels(n_dims, n_orders, n_equations, width):
+    """The generated sweeps for right-hand sides sharing left-hand sides
+    (``codegen.generate(..., shared=True)``), ``width`` lanes."""
+    key = (n_dims, n_orders, n_equations, width, "shared")
+    with _lock:
+        if key not in _modules:
+            _modules[key] = codegen.load(
+                codegen.generate(*key[:4], shared=True),
+                "bandsolve_lanes_" + codegen.Layout(*key[:3]).key(width, shared=True))
+        return _modules[key]
+
+
+def applies_shared(lhs, n_systems):
+    """Whether the shared-left-hand-side lane kernels take this problem: ``n_systems``
+    right-hand sides over fewer left-hand sides, at least a full group per left-hand side
+    on average."""
+    n_lhs = math.prod(lhs.batch_shape)
+    return (not lhs.central and n_systems * lhs.n_steps >= MIN_BLOCK_ROWS
+            and lhs.block_size <= MAX_BLOCK and lhs.n_equations >= 1
+            and n_systems >= codegen.LANES * n_lhs)
+
+
 def applies(lhs, n_systems):
     """Whether the lane kernels take this problem (``n_systems`` systems, one right-hand
     side each)."""
@@ -64,27 +86,38 @@ def lane_width(n_systems):
     return codegen.LANES if n_systems >= codegen.LANES else 1
 
 
+def _members(first, n_groups, width, n_systems):
+    """``(G, W)`` systems of groups ``first, first+1, ...``: lane ``w`` of group ``g`` is
+    system ``(first + g)*W + w``, lanes past the last system repeating it."""
+    start = first * width
+    return np.minimum(np.arange(start, start + n_groups * width),
+                      n_systems - 1).reshape(n_groups, width)
+
+
 @jit_kernel
-def _stage(first, n_systems, coefficients, steps, rhs, rhs_index, init, init_index,
-           n_orders, n_init_steps, n_init_orders, W, c_l, r_l, g_l, h_l):
-    """Lane layout of the inputs of groups ``first, first+1, ...`` (``c_l.shape[0]`` of
-    them; lanes past the last system repeat it): coefficients ``(Tc, E*n)``, rhs
-    ``(Tr, E)``, initial values ``(Ti', n)`` (zero where nothing is pinned) and steps
-    ``(Th',)``, each ``(..., W)``."""
+def _stage(members, with_lhs, coefficients, steps, rhs, rhs_index, init, init_index,
+           n_orders, n_init_steps, n_init_orders, c_l, r_l, g_l, h_l):
+    """Lane layout of the inputs of the groups of ``members`` ``(G, W)`` (the system of
+    each lane): rhs ``(Tr, E)`` and initial values ``(Ti', n)`` (zero where nothing is
+    pinned), and with ``with_lhs`` coefficients ``(Tc, E*n)`` and steps ``(Th',)``, each
+    ``(..., W)``."""
+    W = members.shape[1]
     n_equations, n = coefficients.shape[2], coefficients.shape[3]
     en = n_equations * n
-    for gl in numba.prange(c_l.shape[0]):
+    for gl in numba.prange(members.shape[0]):
         # lane-innermost loops: the writes are contiguous (each lane writing its own
         # stride-W slots in turn would bring every cache line in W times)
-        systems = np.empty(W, dtype=np.int64)
-        for w in range(W):
-            systems[w] = min((first + gl) * W + w, n_systems - 1)
-        for t in range(coefficients.shape[1]):
-            for e in range(n_equations):
-                for a in range(n):
-                    base = (t * en + e * n + a) * W
-                    for w in range(W):
-                        c_l[gl, base + w] = coefficients[systems[w], t, e, a]
+        systems = members[gl]
+        if with_lhs:
+            for t in range(coefficients.shape[1]):
+                for e in range(n_equations):
+                    for a in range(n):
+                        base = (t * en + e * n + a) * W
+                        for w in range(W):
+                            c_l[gl, base + w] = coefficients[systems[w], t, e, a]
+            for i in range(steps.shape[1]):
+                for w in range(W):
+                    h_l[gl, i * W + w] = steps[systems[w], i]
         for t in range(rhs.shape[1]):
             for e in range(rhs.shape[2]):
                 base = (t * rhs.shape[2] + e) * W
@@ -98,19 +131,18 @@ def _stage(first, n_systems, coefficients, steps, rhs, rhs_index, init, init_ind
                 for w in range(W):
                     g_l[gl, base + w] = (init[init_index[systems[w]], t, k // n_orders, o]
                                          if pinned else 0.0)
-        for i in range(steps.shape[1]):
-            for w in range(W):
-                h_l[gl, i * W + w] = steps[systems[w], i]
 
 
 @jit_kernel
-def _unstage(first, n_systems, W, lanes, out):
-    """``out[b, k]`` ``(B, K)`` from the lane layout ``lanes[g, k*W + w]`` of groups
-    ``first, first+1, ...`` (system ``b = (first + g)*W + w``; padding lanes dropped)."""
+def _unstage(members, lanes, out):
+    """``out[b, k]`` ``(B, K)`` from the lane layout ``lanes[g, k*W + w]`` of the groups
+    of ``members`` ``(G, W)`` (lane ``w`` of group ``g`` is system ``members[g, w]``;
+    padding lanes, which repeat the lane before them, dropped)."""
+    W = members.shape[1]
     for gl in numba.prange(lanes.shape[0]):
         for w in range(W):
-            b = (first + gl) * W + w
-            if b < n_systems:
+            b = members[gl, w]
+            if w == 0 or b != members[gl, w - 1]:
                 for k in range(out.shape[1]):
                     out[b, k] = lanes[gl, k * W + w]
 
@@ -219,13 +251,14 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
             if not keep:  # (a kept factor keeps its own solution)
                 a["x"] = x_out[rows].reshape(G, -1)
         else:
-            _stage.for_batch(G * W, T)(first, B, coefficients, steps, rhs_flat, rhs_index,
-                                       init_flat, init_index, O, Ti, Oi, W, a["c"], a["r"],
-                                       a["g"], a["h"])
+            _stage.for_batch(G * W, T)(_members(first, G, W, B), True, coefficients, steps,
+                                       rhs_flat, rhs_index, init_flat, init_index, O, Ti,
+                                       Oi, a["c"], a["r"], a["g"], a["h"])
         status_out[first * W:(first + G) * W] = _solve_groups(
             mod, lay, G, T, W, a, strides, n_init, pins, we2, math.sqrt(ws2), O).reshape(-1)
         if not (direct and not keep):
-            _unstage.for_batch(G * W, T)(first, B, W, a["x"], x_out.reshape(B, -1))
+            _unstage.for_batch(G * W, T)(_members(first, G, W, B), a["x"],
+                                         x_out.reshape(B, -1))
 
     info = np.zeros(B, dtype=np.int64)
     failed = np.flatnonzero(status_out[:B] != CONVERGED)
@@ -330,7 +363,8 @@ class LaneFactor:
         status = _refine_groups(mod, lay, G, T, W, inputs, a, y, v, e_l,
                                 QR_MAX_STEPS, math.inf, np.full((G, W), RUNNING))
         out = np.empty((self._B, T, n))
-        _unstage.for_batch(G * W, T)(0, self._B, W, y, out.reshape(self._B, -1))
+        _unstage.for_batch(G * W, T)(_members(0, G, W, self._B), y,
+                                     out.reshape(self._B, -1))
         ok = status.reshape(-1)[:self._B] == CONVERGED
         ok[self.failed] = False
         self._y = y  # for gradients(): y in the lanes' layout
@@ -351,8 +385,99 @@ class LaneFactor:
         self._mod.gradient(G, self._T, *inputs, a["x"], self._y, *outs)
         for lane, array in zip(outs, (coefficients_bar, rhs_bar, steps_bar)):
             if array.size:
-                _unstage.for_batch(self._B, self._T)(0, self._B, W, lane,
+                _unstage.for_batch(self._B, self._T)(_members(0, G, W, self._B), lane,
                                                      array.reshape(self._B, -1))
+
+
+class _WithMap:
+    """The shared-left-hand-side sweeps with their group -> left-hand-side map bound (the
+    call signature of the ordinary lane kernels)."""
+
+    def __init__(self, mod, fmap):
+        self._mod, self._fmap = mod, fmap
+
+    def __getattr__(self, name):
+        kernel = getattr(self._mod, name)
+        return lambda *args: kernel(*args, self._fmap)
+
+
+def _groups_by_lhs(lhs_index, n_lhs, width):
+    """``(members, fmap)``: the right-hand sides grouped by their left-hand side,
+    ``width`` per group (a left-hand side's last group padded with its last system),
+    members ``(G, W)`` int64 and the left-hand side of each group ``(G,)`` uint64."""
+    order = np.argsort(lhs_index, kind="stable")
+    counts = np.bincount(lhs_index, minlength=n_lhs)
+    members, fmap = [], []
+    start = 0
+    for f in range(n_lhs):
+        mine = order[start:start + counts[f]]
+        start += counts[f]
+        n_groups = -(-mine.size // width)
+        if not n_groups:
+            continue
+        padded = np.concatenate([mine, np.full(n_groups * width - mine.size, mine[-1])])
+        members.append(padded.reshape(n_groups, width))
+        fmap.append(np.full(n_groups, f, dtype=np.uint64))
+    return np.concatenate(members), np.concatenate(fmap)
+
+
+def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index):
+    """``(x, status)`` of many right-hand sides over few left-hand sides: each left-hand
+    side factored once (the one-lane ``factor_forward``), then the right-hand sides solved
+    and refined ``W`` at a time, the lanes of a group sharing one factor (read once for
+    all of them). x ``(B, T, n)`` float64; status ``(B,)``: ``CONVERGED``, or not for the
+    systems the caller must solve another way (their left-hand side failed the pivot
+    test, or their refinement failed)."""
+    O, Ti, Oi, we2, wi2, ws2, _ = lhs.kernel_scalars()
+    coefficients, steps = lhs.coefficients, lhs.steps
+    n_lhs, Tc, E, n = coefficients.shape
+    T, D = lhs.n_steps, n // O
+    B, W = lhs_index.size, codegen.LANES
+    lay = codegen.Layout(D, O, E)
+    U = np.uint64
+    Tr, Th = rhs_flat.shape[1], steps.shape[1]
+    n_init, ws = max(Ti, 1), math.sqrt(ws2)
+    pins = np.zeros((T, D, O))
+    pins[:Ti, :, :Oi] = wi2
+    pins = pins.reshape(-1)
+    # the left-hand sides in the one-lane layout (their own), factored with b = 0
+    c1 = coefficients.reshape(n_lhs, -1)
+    h1 = steps if Th else np.zeros((n_lhs, 1))
+    cs, hs = U(E * n if Tc > 1 else 0), U(1 if Th > 1 else 0)
+    factor = dict(lower=np.empty((n_lhs, T * lay.n_packed)),
+                  ys=np.empty((n_lhs, (T + 1) * lay.n_y)), scale=np.empty((n_lhs, T * n)))
+    factor["ys"][:, T * lay.n_y:] = 0.0  # step T: the backward sweeps' zero start
+    ok = np.ones((n_lhs, 1))
+    kernels(D, O, E, 1).factor_forward(
+        n_lhs, T, c1, cs, np.zeros((n_lhs, E)), U(0), np.zeros((n_lhs, n)), U(n), 1, h1,
+        hs, pins, we2, ws, CHOLESKY_PIVOT_TOL, factor["lower"], factor["ys"],
+        np.empty((n_lhs, T * n)), factor["scale"], ok, np.zeros((n_lhs, lay.n_packed)),
+        np.zeros((n_lhs, n)))
+    # the right-hand sides, W per group of one left-hand side
+    members, fmap = _groups_by_lhs(lhs_index, n_lhs, W)
+    G = members.shape[0]
+    mod = _WithMap(shared_kernels(D, O, E, W), fmap)
+    r_l, g_l = np.empty((G, Tr * E * W)), np.empty((G, n_init * n * W))
+    _stage.for_batch(G * W, T)(members, False, coefficients, steps, rhs_flat, rhs_index,
+                               init_flat, init_index, O, Ti, Oi, np.empty((G, 0)), r_l,
+                               g_l, np.empty((G, 0)))
+    inputs = (c1, cs, r_l, U(E * W if Tr > 1 else 0), g_l, U(n * W), n_init, h1, hs, pins,
+              we2, ws)
+    # x = M^{-1} b: the least-squares residual of x = 0 is b
+    x_l, v = np.zeros((G, T * n * W)), np.empty((G, T * n * W))
+    mod.residual_forward(G, T, *inputs, x_l, x_l, factor["lower"], factor["ys"], v,
+                         np.zeros((G, n * W)), np.zeros((G, n * W)))
+    mod.correction_backward(G, T, factor["lower"], factor["ys"], v, x_l, factor["scale"],
+                            np.zeros((G, (3 * O + 1) * W)), np.zeros((G, n * W)))
+    start = np.where(ok[fmap.astype(np.int64), 0] == 1.0, RUNNING, FAILED)
+    status = _refine_groups(mod, lay, G, T, W, inputs, factor, x_l, v, None,
+                            CHOLESKY_MAX_STEPS, CHOLESKY_FIRST_CORRECTION,
+                            np.repeat(start[:, None], W, axis=1))
+    x = np.empty((B, T, n))
+    _unstage.for_batch(G * W, T)(members, x_l, x.reshape(B, -1))
+    by_system = np.empty(B, dtype=np.int64)
+    by_system[members.reshape(-1)] = status.reshape(-1)  # padding lanes repeat a system
+    return x, by_system
 
 
 def _kernel_inputs(a, strides, n_init, pins, we2, ws):
