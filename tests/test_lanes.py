@@ -299,10 +299,10 @@ def shared_calls(monkeypatch):
     calls = []
     real = lanes.shared_lane_solve
 
-    def spy(*args):
-        x, status = real(*args)
-        calls.append(status.copy())
-        return x, status
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out[1].copy())
+        return out
 
     monkeypatch.setattr(lanes, "MIN_BLOCK_ROWS", 1)
     monkeypatch.setattr(lanes, "shared_lane_solve", spy)
@@ -353,3 +353,35 @@ def test_shared_left_hand_side_failures_go_to_the_host(shared_calls):
             ref = exact_solution(c[f], r[i, f], g[i, f], h[f])
             errors = order_errors(u[i, f], ref.x)
             assert max(errors) <= 100 * EPS * ref.cond, (i, f, errors, ref.cond)
+
+
+def test_vjp_with_shared_left_hand_sides_matches_finite_differences(shared_calls,
+                                                                    monkeypatch):
+    """``smnn_solve_vjp`` over shared left-hand sides: the second solve ``M y = ubar``
+    runs in the lanes with the kept factors; the gradients (summed over the right-hand
+    sides that share a left-hand side) against finite differences of the lstsq oracle."""
+    plain = []
+    real = lanes.SharedLaneFactor.solve
+
+    def spy(self, extra):
+        y, ok = real(self, extra)
+        plain.append(ok.copy())
+        return y, ok
+
+    monkeypatch.setattr(lanes.SharedLaneFactor, "solve", spy)
+    problem = make_problem(14, batch=(6, 2), T=5, **SHAPE, Ti=1, Oi=2, coef_batch=(2,),
+                           steps_batch=(2,))
+    rng = np.random.default_rng(15)
+    u, vjp = bandsolve.smnn_solve_vjp(*problem)
+    assert len(shared_calls) == 1
+    _check_against_lstsq(problem, {}, u)
+    ubar = rng.standard_normal(u.shape)
+    grads = vjp(ubar)
+    assert len(plain) == 1 and plain[0].all()  # every M y = ubar solved in the lanes
+    for index, grad in enumerate(grads):
+        assert grad.shape == problem[index].shape
+        direction = rng.standard_normal(grad.shape)
+        expected = _directional_derivative(problem, index, direction, ubar)
+        # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
+        assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
+            index, np.sum(grad * direction), expected)

@@ -642,17 +642,18 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
     rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
     unscaled = _rhs_scale(lhs, rhs_flat, init_flat) == 1.0
     fused = batch == lhs.batch_shape and unscaled
-    if (not fused and unscaled and forward_only
-            and lanes.applies_shared(lhs, math.prod(batch))):
-        x = _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index,
-                               batch, check)
-        return _shape_solution(lhs, x, batch), None, None
-    if fused and forward_only and lanes.applies(lhs, math.prod(batch)):
+    if not fused and unscaled and lanes.applies_shared(lhs, math.prod(batch)):
+        x, factorization = _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat,
+                                              init_index, lhs_index, batch, check,
+                                              keep=not forward_only)
+        if forward_only:
+            return _shape_solution(lhs, x, batch), None, None
+    elif fused and forward_only and lanes.applies(lhs, math.prod(batch)):
         x, info = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index)
         if check:
             _raise_if_failed(info, lhs.batch_shape)
         return _shape_solution(lhs, x, batch), None, None
-    if fused and lanes.applies(lhs, math.prod(batch)):
+    elif fused and lanes.applies(lhs, math.prod(batch)):
         x, info, lane_factor = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat,
                                                 init_index, keep=True)
         if check:
@@ -679,24 +680,70 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
 
 
 def _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index, batch,
-                       check):
-    """x ``(B, T, n)`` of right-hand sides sharing left-hand sides by the lane kernels;
-    the systems they could not solve (a left-hand side failing the pivot test, or a
-    refinement failing) are solved by the host factorisation (row-QR fallback included),
-    with the host path's errors and NaN."""
-    x, lane_status = lanes.shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat,
-                                             init_index, lhs_index)
+                       check, keep):
+    """``(x, factorization)``: x ``(B, T, n)`` of right-hand sides sharing left-hand
+    sides by the lane kernels, and a :class:`_SharedLaneFactorization` (``keep``) or
+    None. The systems the lanes could not solve (a left-hand side failing the pivot
+    test, or a refinement failing) are solved by the host factorisation (row-QR fallback
+    included), with the host path's errors and NaN."""
+    x, lane_status, *shared = lanes.shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat,
+                                                      init_index, lhs_index, keep=keep)
+    factorization = _SharedLaneFactorization(lhs, shared[0] if keep else None, lhs_index,
+                                             check)
     retry = np.flatnonzero(lane_status != lanes.CONVERGED)
     status = np.zeros(x.shape[0], dtype=np.int64)
     if retry.size:
-        factorization = _factor_lhs(lhs, check)
         sub_x = np.empty((retry.size,) + x.shape[1:], dtype=COMPUTE_DTYPE)
         status[retry] = factorization._refined(rhs_flat, rhs_index[retry], init_flat,
                                                init_index[retry], lhs_index[retry], sub_x)
         x[retry] = sub_x
     if check:
         _raise_if_failed(status, batch)
-    return x
+    return x, (factorization if keep else None)
+
+
+class _SharedLaneFactorization(SMNNFactorization):
+    """The :class:`SMNNFactorization` of right-hand sides solved by the shared-left-hand-
+    side lane kernels: the VJP's second solve of the same right-hand sides runs there
+    too (:class:`bandsolve.cpu.lanes.solve.SharedLaneFactor`); the host factorisation is
+    made only when something needs it (systems the lanes could not solve, ``lower``, new
+    right-hand sides), with the host path's errors (``check``)."""
+
+    def __init__(self, lhs, shared_factor, lhs_index, check):
+        self._shared, self._lhs_index = shared_factor, lhs_index
+        self._host_cholesky = None
+        super().__init__(lhs, None, None, check)
+
+    @property
+    def cholesky(self):
+        if self._host_cholesky is None:
+            host = _factor_lhs(self._lhs, self._check_default)
+            self._host_cholesky, self._info = host.cholesky, host._info
+        return self._host_cholesky
+
+    @cholesky.setter
+    def cholesky(self, value):
+        if value is not None:
+            self._host_cholesky = value
+
+    def _refined(self, rhs_flat, rhs_index, init_flat, init_index, lhs_index, x,
+                 extra=None):
+        if (extra is None or self._shared is None or x.shape[0] != self._lhs_index.size
+                or not np.array_equal(lhs_index, self._lhs_index)):
+            return super()._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index,
+                                    x, extra)
+        y, ok = self._shared.solve(extra)
+        redo = np.flatnonzero(~ok)
+        redo_extra = np.array(extra[redo])  # before x (which may be extra) is overwritten
+        x[...] = y
+        status = np.zeros(x.shape[0], dtype=np.int64)
+        if redo.size:
+            redo_x = redo_extra.copy()
+            status[redo] = super()._refined(rhs_flat, rhs_index[redo], init_flat,
+                                            init_index[redo], lhs_index[redo], redo_x,
+                                            redo_extra)
+            x[redo] = redo_x
+        return status
 
 
 def normal_equations(coefficients, rhs, init, steps, **options):
