@@ -98,7 +98,10 @@ def _drive():
         # the generated thread-per-system kernels (algorithm="auto"), small batches let in
         lanes_min, batch_max = config.LANES_MIN_SYSTEMS, config.PARALLEL_IN_TIME_MAX_BATCH
         config.LANES_MIN_SYSTEMS, config.PARALLEL_IN_TIME_MAX_BATCH = 1, 0
-        bandsolve.smnn_solve(*dev(*_problem(rng, (3,), 6, 2, 1, 3, 1, 2, dtype)))
+        lane_inputs = dev(*_problem(rng, (3,), 6, 2, 1, 3, 1, 2, dtype))
+        bandsolve.smnn_solve(*lane_inputs)
+        u, vjp = bandsolve.smnn_solve_vjp(*lane_inputs)
+        vjp(cuda.to_device(np.ones(u.shape, dtype)))
         config.LANES_MIN_SYSTEMS, config.PARALLEL_IN_TIME_MAX_BATCH = lanes_min, batch_max
         # mixed dtypes (device casts), T = 1, no initial values
         c, r, g, h = _problem(rng, (), 1, 2, 1, 2, 1, 1, dtype)
