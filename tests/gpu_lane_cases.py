@@ -23,7 +23,7 @@ from bandsolve.gpu import config, lane_solve, lanes
 from bandsolve.kernels import codegen
 from bandsolve.kernels.residual import CONVERGED
 from exact import exact_solution, order_errors
-from helpers import make_problem, oracle_solve
+from helpers import directional_derivative, make_problem, oracle_solve
 
 EPS = np.finfo(np.float64).eps
 U = np.uint64
@@ -212,16 +212,6 @@ def test_rank_deficient_lane_is_named(lane_statuses):
         assert max(order_errors(u[b], ref[k])) <= _tolerance(cond[k])
 
 
-def _directional_derivative(problem, index, direction, ubar, eps=1e-6):
-    """``d/ds <ubar, u_lstsq(problem with input[index] + s*direction)>`` at 0 by a
-    fourth-order central difference of the lstsq oracle (independent of bandsolve)."""
-    def value(s):
-        moved = list(problem)
-        moved[index] = problem[index] + s * direction
-        return float(np.sum(ubar * oracle_solve(*moved)[0]))
-    return (8 * (value(eps) - value(-eps)) - (value(2 * eps) - value(-2 * eps))) / (12 * eps)
-
-
 @pytest.mark.parametrize("case", ["per-step", "coefficients constant in time",
                                   "ill-conditioned system retried"])
 def test_vjp_through_the_lanes_matches_finite_differences(lane_statuses, monkeypatch, case):
@@ -262,7 +252,7 @@ def test_vjp_through_the_lanes_matches_finite_differences(lane_statuses, monkeyp
             # the finite differences (measured: 0.9% device, 7.5% host; a known limit)
             assert np.all(np.isfinite(grad[2]))
             direction[2] = 0.0
-        expected = _directional_derivative(problem, index, direction, ubar)
+        expected = directional_derivative(problem, index, direction, ubar)
         # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
         assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
             index, np.sum(grad * direction), expected)

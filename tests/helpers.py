@@ -427,3 +427,14 @@ def run_example(name, tmp_path, *extra):
     assert result.returncode == 0, result.stdout + result.stderr
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return json.loads(json_path.read_text()), result.stdout
+
+
+def directional_derivative(problem, index, direction, ubar, eps=1e-6):
+    """``d/ds <ubar, u_lstsq(problem with input[index] + s*direction)>`` at 0 by a
+    fourth-order central difference of :func:`oracle_solve` (independent of bandsolve):
+    the reference for VJPs."""
+    def value(s):
+        moved = list(problem)
+        moved[index] = problem[index] + s * direction
+        return float(np.sum(ubar * oracle_solve(*moved)[0]))
+    return (8 * (value(eps) - value(-eps)) - (value(2 * eps) - value(-2 * eps))) / (12 * eps)

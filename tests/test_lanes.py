@@ -18,7 +18,7 @@ import bandsolve
 from bandsolve.kernels import codegen
 from bandsolve.cpu.lanes import solve as lanes
 from exact import exact_solution, order_errors
-from helpers import make_problem, oracle_solve
+from helpers import directional_derivative, make_problem, oracle_solve
 
 EPS = np.finfo(np.float64).eps
 # two lane groups, the second padded
@@ -207,16 +207,6 @@ def test_small_or_central_problems_stay_off_the_lanes():
     assert not lanes.applies(lhs_like, 10_000)
 
 
-def _directional_derivative(problem, index, direction, ubar, eps=1e-6):
-    """``d/ds <ubar, u_lstsq(problem with input[index] + s*direction)>`` at 0 by a
-    fourth-order central difference of the lstsq oracle (independent of bandsolve)."""
-    def value(s):
-        moved = list(problem)
-        moved[index] = problem[index] + s * direction
-        return float(np.sum(ubar * oracle_solve(*moved)[0]))
-    return (8 * (value(eps) - value(-eps)) - (value(2 * eps) - value(-2 * eps))) / (12 * eps)
-
-
 @pytest.mark.parametrize("broadcast", [{}, dict(coef_T=1, steps_T=1)])
 def test_vjp_in_the_lanes_matches_finite_differences(lane_calls, broadcast):
     """``smnn_solve_vjp`` keeps the lane factor, solves ``M y = ubar`` and forms the
@@ -234,7 +224,7 @@ def test_vjp_in_the_lanes_matches_finite_differences(lane_calls, broadcast):
     for index, grad in enumerate(grads):
         assert grad.shape == problem[index].shape
         direction = rng.standard_normal(grad.shape)
-        expected = _directional_derivative(problem, index, direction, ubar)
+        expected = directional_derivative(problem, index, direction, ubar)
         # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
         assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
             index, np.sum(grad * direction), expected)
@@ -287,7 +277,7 @@ def test_torch_adapter_through_the_lanes(lane_calls):
     (u * torch.tensor(ubar)).sum().backward()
     for index, leaf in enumerate(leaves):
         direction = rng.standard_normal(leaf.shape)
-        expected = _directional_derivative(problem, index, direction, ubar)
+        expected = directional_derivative(problem, index, direction, ubar)
         got = float(np.sum(leaf.grad.numpy() * direction))
         assert abs(got - expected) <= 1e-7 * max(1.0, abs(expected)), (index, got, expected)
 
@@ -381,7 +371,7 @@ def test_vjp_with_shared_left_hand_sides_matches_finite_differences(shared_calls
     for index, grad in enumerate(grads):
         assert grad.shape == problem[index].shape
         direction = rng.standard_normal(grad.shape)
-        expected = _directional_derivative(problem, index, direction, ubar)
+        expected = directional_derivative(problem, index, direction, ubar)
         # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
         assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
             index, np.sum(grad * direction), expected)

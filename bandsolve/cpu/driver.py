@@ -526,17 +526,54 @@ central_smoothness=False, dtype=float64)
         return tuple(g.astype(lhs.dtype, copy=False) for g in grads)
 
 
-class _LaneFactorization(SMNNFactorization):
-    """An :class:`SMNNFactorization` made by the lane kernels: the factor stays in their
-    layout (:class:`bandsolve.cpu.lanes.solve.LaneFactor`), where the VJP's second solve
-    ``M y = ubar`` runs too; the host block layout is built only when something asks for
-    it (``lower``, new right-hand sides, systems the lanes could not solve)."""
+class _HostFactorOnDemand(SMNNFactorization):
+    """An :class:`SMNNFactorization` whose factor lives in the lane kernels' layout: the
+    host block layout (``cholesky``) is made by :meth:`_host_cholesky_now` only when
+    something asks for it (``lower``, new right-hand sides, systems the lanes could not
+    solve)."""
+
+    _host_cholesky = None
+
+    @property
+    def cholesky(self):
+        if self._host_cholesky is None:
+            self._host_cholesky = self._host_cholesky_now()
+        return self._host_cholesky
+
+    @cholesky.setter
+    def cholesky(self, value):
+        if value is not None:
+            self._host_cholesky = value
+
+    def _lanes_then_host(self, y, ok, rhs_flat, rhs_index, init_flat, init_index,
+                         lhs_index, x, extra):
+        """x = y (the lanes' ``M y = extra``), then the systems not ``ok`` ``(B,)`` solved
+        again by the host factorisation; returns the status ``(B,)``."""
+        redo = np.flatnonzero(~ok)
+        redo_extra = np.array(extra[redo])  # before x (which may be extra) is overwritten
+        x[...] = y
+        status = np.zeros(x.shape[0], dtype=np.int64)
+        if redo.size:
+            redo_x = redo_extra.copy()
+            status[redo] = SMNNFactorization._refined(
+                self, rhs_flat, rhs_index[redo], init_flat, init_index[redo],
+                lhs_index[redo], redo_x, redo_extra)
+            x[redo] = redo_x
+        return status
+
+
+class _LaneFactorization(_HostFactorOnDemand):
+    """The factorisation made by the lane kernels (one right-hand side per system): the
+    VJP's second solve ``M y = ubar`` and its gradient sums run in their layout
+    (:class:`bandsolve.cpu.lanes.solve.LaneFactor`)."""
 
     def __init__(self, lhs, lane_factor, status, check):
         self._lane_factor = lane_factor
-        self._host_cholesky = None
         self._lanes_hold_y = False  # the last M y = ubar was solved in the lanes, all of it
         super().__init__(lhs, None, status, check)
+
+    def _host_cholesky_now(self):
+        return BlockCholesky._trusted(self._lane_factor.lower(), self._lhs.batch_shape)
 
     def _gradient_part(self, x, y, lhs_index, rhs_flat, rhs_index, part, coefficients_bar,
                        rhs_bar, steps_bar):
@@ -551,18 +588,6 @@ class _LaneFactorization(SMNNFactorization):
         super()._gradient_part(x, y, lhs_index, rhs_flat, rhs_index, part,
                                coefficients_bar, rhs_bar, steps_bar)
 
-    @property
-    def cholesky(self):
-        if self._host_cholesky is None:
-            self._host_cholesky = BlockCholesky._trusted(self._lane_factor.lower(),
-                                                         self._lhs.batch_shape)
-        return self._host_cholesky
-
-    @cholesky.setter
-    def cholesky(self, value):
-        if value is not None:
-            self._host_cholesky = value
-
     def _refined(self, rhs_flat, rhs_index, init_flat, init_index, lhs_index, x,
                  extra=None):
         n_lhs = self._lhs.coefficients.shape[0]
@@ -571,18 +596,9 @@ class _LaneFactorization(SMNNFactorization):
             return super()._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index,
                                     x, extra)
         y, ok = self._lane_factor.solve(extra)
-        self._lanes_hold_y = extra is not None and bool(ok.all())
-        redo = np.flatnonzero(~ok)
-        redo_extra = np.array(extra[redo])  # before x (which may be extra) is overwritten
-        x[...] = y
-        status = np.zeros(n_lhs, dtype=np.int64)
-        if redo.size:
-            redo_x = redo_extra.copy()
-            status[redo] = super()._refined(rhs_flat, rhs_index[redo], init_flat,
-                                            init_index[redo], lhs_index[redo], redo_x,
-                                            redo_extra)
-            x[redo] = redo_x
-        return status
+        self._lanes_hold_y = bool(ok.all())
+        return self._lanes_then_host(y, ok, rhs_flat, rhs_index, init_flat, init_index,
+                                     lhs_index, x, extra)
 
 
 def _host_problem(coefficients, rhs, init, steps, private=True, **options):
@@ -702,29 +718,20 @@ def _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_inde
     return x, (factorization if keep else None)
 
 
-class _SharedLaneFactorization(SMNNFactorization):
-    """The :class:`SMNNFactorization` of right-hand sides solved by the shared-left-hand-
-    side lane kernels: the VJP's second solve of the same right-hand sides runs there
-    too (:class:`bandsolve.cpu.lanes.solve.SharedLaneFactor`); the host factorisation is
-    made only when something needs it (systems the lanes could not solve, ``lower``, new
-    right-hand sides), with the host path's errors (``check``)."""
+class _SharedLaneFactorization(_HostFactorOnDemand):
+    """The factorisation of right-hand sides solved by the shared-left-hand-side lane
+    kernels: the VJP's second solve of the same right-hand sides runs there too
+    (:class:`bandsolve.cpu.lanes.solve.SharedLaneFactor`); the host factorisation, made
+    on demand, has the host path's errors (``check``)."""
 
     def __init__(self, lhs, shared_factor, lhs_index, check):
         self._shared, self._lhs_index = shared_factor, lhs_index
-        self._host_cholesky = None
         super().__init__(lhs, None, None, check)
 
-    @property
-    def cholesky(self):
-        if self._host_cholesky is None:
-            host = _factor_lhs(self._lhs, self._check_default)
-            self._host_cholesky, self._info = host.cholesky, host._info
-        return self._host_cholesky
-
-    @cholesky.setter
-    def cholesky(self, value):
-        if value is not None:
-            self._host_cholesky = value
+    def _host_cholesky_now(self):
+        host = _factor_lhs(self._lhs, self._check_default)
+        self._info = host._info
+        return host.cholesky
 
     def _refined(self, rhs_flat, rhs_index, init_flat, init_index, lhs_index, x,
                  extra=None):
@@ -733,17 +740,8 @@ class _SharedLaneFactorization(SMNNFactorization):
             return super()._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index,
                                     x, extra)
         y, ok = self._shared.solve(extra)
-        redo = np.flatnonzero(~ok)
-        redo_extra = np.array(extra[redo])  # before x (which may be extra) is overwritten
-        x[...] = y
-        status = np.zeros(x.shape[0], dtype=np.int64)
-        if redo.size:
-            redo_x = redo_extra.copy()
-            status[redo] = super()._refined(rhs_flat, rhs_index[redo], init_flat,
-                                            init_index[redo], lhs_index[redo], redo_x,
-                                            redo_extra)
-            x[redo] = redo_x
-        return status
+        return self._lanes_then_host(y, ok, rhs_flat, rhs_index, init_flat, init_index,
+                                     lhs_index, x, extra)
 
 
 def normal_equations(coefficients, rhs, init, steps, **options):
