@@ -345,20 +345,10 @@ def test_shared_left_hand_side_failures_go_to_the_host(shared_calls):
             assert max(errors) <= 100 * EPS * ref.cond, (i, f, errors, ref.cond)
 
 
-def test_vjp_with_shared_left_hand_sides_matches_finite_differences(shared_calls,
-                                                                    monkeypatch):
-    """``smnn_solve_vjp`` over shared left-hand sides: the second solve ``M y = ubar``
-    runs in the lanes with the kept factors; the gradients (summed over the right-hand
+def test_vjp_with_shared_left_hand_sides_matches_finite_differences(shared_calls):
+    """``smnn_solve_vjp`` over shared left-hand sides: the forward solve in the lanes,
+    the host factorisation made for the VJP; the gradients (summed over the right-hand
     sides that share a left-hand side) against finite differences of the lstsq oracle."""
-    plain = []
-    real = lanes.SharedLaneFactor.solve
-
-    def spy(self, extra):
-        y, ok = real(self, extra)
-        plain.append(ok.copy())
-        return y, ok
-
-    monkeypatch.setattr(lanes.SharedLaneFactor, "solve", spy)
     problem = make_problem(14, batch=(6, 2), T=5, **SHAPE, Ti=1, Oi=2, coef_batch=(2,),
                            steps_batch=(2,))
     rng = np.random.default_rng(15)
@@ -367,7 +357,6 @@ def test_vjp_with_shared_left_hand_sides_matches_finite_differences(shared_calls
     _check_against_lstsq(problem, {}, u)
     ubar = rng.standard_normal(u.shape)
     grads = vjp(ubar)
-    assert len(plain) == 1 and plain[0].all()  # every M y = ubar solved in the lanes
     for index, grad in enumerate(grads):
         assert grad.shape == problem[index].shape
         direction = rng.standard_normal(grad.shape)

@@ -545,13 +545,12 @@ class _HostFactorOnDemand(SMNNFactorization):
         if value is not None:
             self._host_cholesky = value
 
-    def _lanes_then_host(self, y, ok, rhs_flat, rhs_index, init_flat, init_index,
-                         lhs_index, x, extra):
-        """x = y (the lanes' ``M y = extra``), then the systems not ``ok`` ``(B,)`` solved
-        again by the host factorisation; returns the status ``(B,)``."""
+    def _lanes_then_host(self, ok, redo_extra, rhs_flat, rhs_index, init_flat, init_index,
+                         lhs_index, x):
+        """x holding the lanes' solution of ``M x = extra``: the systems not ``ok``
+        ``(B,)`` solved again by the host factorisation (their rows of ``extra``,
+        ``redo_extra``); returns the status ``(B,)``."""
         redo = np.flatnonzero(~ok)
-        redo_extra = np.array(extra[redo])  # before x (which may be extra) is overwritten
-        x[...] = y
         status = np.zeros(x.shape[0], dtype=np.int64)
         if redo.size:
             redo_x = redo_extra.copy()
@@ -597,8 +596,10 @@ class _LaneFactorization(_HostFactorOnDemand):
                                     x, extra)
         y, ok = self._lane_factor.solve(extra)
         self._lanes_hold_y = bool(ok.all())
-        return self._lanes_then_host(y, ok, rhs_flat, rhs_index, init_flat, init_index,
-                                     lhs_index, x, extra)
+        redo_extra = np.array(extra[~ok])  # before x (which may be extra) is overwritten
+        x[...] = y
+        return self._lanes_then_host(ok, redo_extra, rhs_flat, rhs_index, init_flat,
+                                     init_index, lhs_index, x)
 
 
 def _host_problem(coefficients, rhs, init, steps, private=True, **options):
@@ -660,8 +661,7 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
     fused = batch == lhs.batch_shape and unscaled
     if not fused and unscaled and lanes.applies_shared(lhs, math.prod(batch)):
         x, factorization = _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat,
-                                              init_index, lhs_index, batch, check,
-                                              keep=not forward_only)
+                                              init_index, lhs_index, batch, check)
         if forward_only:
             return _shape_solution(lhs, x, batch), None, None
     elif fused and forward_only and lanes.applies(lhs, math.prod(batch)):
@@ -696,16 +696,15 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
 
 
 def _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index, batch,
-                       check, keep):
+                       check):
     """``(x, factorization)``: x ``(B, T, n)`` of right-hand sides sharing left-hand
-    sides by the lane kernels, and a :class:`_SharedLaneFactorization` (``keep``) or
-    None. The systems the lanes could not solve (a left-hand side failing the pivot
-    test, or a refinement failing) are solved by the host factorisation (row-QR fallback
-    included), with the host path's errors and NaN."""
-    x, lane_status, *shared = lanes.shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat,
-                                                      init_index, lhs_index, keep=keep)
-    factorization = _SharedLaneFactorization(lhs, shared[0] if keep else None, lhs_index,
-                                             check)
+    sides by the lane kernels, and a :class:`_SharedLaneFactorization` for what comes
+    after (the VJP, new right-hand sides). The systems the lanes could not solve (a
+    left-hand side failing the pivot test, or a refinement failing) are solved by the
+    host factorisation (row-QR fallback included), with the host path's errors and NaN."""
+    x, lane_status = lanes.shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat,
+                                             init_index, lhs_index)
+    factorization = _SharedLaneFactorization(lhs, check)
     retry = np.flatnonzero(lane_status != lanes.CONVERGED)
     status = np.zeros(x.shape[0], dtype=np.int64)
     if retry.size:
@@ -715,33 +714,23 @@ def _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_inde
         x[retry] = sub_x
     if check:
         _raise_if_failed(status, batch)
-    return x, (factorization if keep else None)
+    return x, factorization
 
 
 class _SharedLaneFactorization(_HostFactorOnDemand):
-    """The factorisation of right-hand sides solved by the shared-left-hand-side lane
-    kernels: the VJP's second solve of the same right-hand sides runs there too
-    (:class:`bandsolve.cpu.lanes.solve.SharedLaneFactor`); the host factorisation, made
-    on demand, has the host path's errors (``check``)."""
+    """The factorisation behind right-hand sides solved by the shared-left-hand-side lane
+    kernels: the host factorisation, made when something needs it (systems the lanes
+    could not solve, the VJP, ``lower``, new right-hand sides), with the host path's
+    errors (``check``). (The VJP's second solve stays on the host: in the lanes it would
+    hold three more arrays the size of u.)"""
 
-    def __init__(self, lhs, shared_factor, lhs_index, check):
-        self._shared, self._lhs_index = shared_factor, lhs_index
+    def __init__(self, lhs, check):
         super().__init__(lhs, None, None, check)
 
     def _host_cholesky_now(self):
         host = _factor_lhs(self._lhs, self._check_default)
         self._info = host._info
         return host.cholesky
-
-    def _refined(self, rhs_flat, rhs_index, init_flat, init_index, lhs_index, x,
-                 extra=None):
-        if (extra is None or self._shared is None or x.shape[0] != self._lhs_index.size
-                or not np.array_equal(lhs_index, self._lhs_index)):
-            return super()._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index,
-                                    x, extra)
-        y, ok = self._shared.solve(extra)
-        return self._lanes_then_host(y, ok, rhs_flat, rhs_index, init_flat, init_index,
-                                     lhs_index, x, extra)
 
 
 def normal_equations(coefficients, rhs, init, steps, **options):

@@ -521,8 +521,7 @@ REFINEMENT_SWEEPS = ("residual_forward", "plain_residual_forward", "correction_b
 
 # The sweeps of a shared left-hand side (``generate(..., shared=True)``) and the arrays
 # they read from it: one left-hand side per group, stored without lanes
-SHARED_SWEEPS = ("forward", "backward", "correction_backward", "residual_forward",
-                 "plain_residual_forward")
+SHARED_SWEEPS = ("forward", "backward", "correction_backward", "residual_forward")
 LHS_ARRAYS = ("coefficients", "steps", "lower", "ys", "scale")
 
 

@@ -423,15 +423,13 @@ def _groups_by_lhs(lhs_index, n_lhs, width):
     return np.concatenate(members), np.concatenate(fmap)
 
 
-def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index,
-                      keep=False):
+def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index):
     """``(x, status)`` of many right-hand sides over few left-hand sides: each left-hand
     side factored once (the one-lane ``factor_forward``), then the right-hand sides solved
     and refined ``W`` at a time, the lanes of a group sharing one factor (read once for
     all of them). x ``(B, T, n)`` float64; status ``(B,)``: ``CONVERGED``, or not for the
     systems the caller must solve another way (their left-hand side failed the pivot
-    test, or their refinement failed). ``keep``: also return a :class:`SharedLaneFactor`
-    for the VJP's second solve."""
+    test, or their refinement failed)."""
     O, Ti, Oi, we2, wi2, ws2, _ = lhs.kernel_scalars()
     coefficients, steps = lhs.coefficients, lhs.steps
     n_lhs, Tc, E, n = coefficients.shape
@@ -479,12 +477,7 @@ def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index
                             np.repeat(start[:, None], W, axis=1))
     x = np.empty((B, T, n))
     _unstage.for_batch(G * W, T)(members, x_l, x.reshape(B, -1))
-    by_system = _by_system(members, status, B)
-    if not keep:
-        return x, by_system
-    return x, by_system, SharedLaneFactor(mod, lay, T, members, factor, inputs,
-                                          np.where(ok[fmap.astype(np.int64), 0] == 1.0,
-                                                   RUNNING, FAILED))
+    return x, _by_system(members, status, B)
 
 
 def _by_system(members, status, n_systems):
@@ -493,34 +486,6 @@ def _by_system(members, status, n_systems):
     out = np.empty(n_systems, dtype=status.dtype)
     out[members.reshape(-1)] = status.reshape(-1)
     return out
-
-
-class SharedLaneFactor:
-    """The factors of :func:`shared_lane_solve` (``keep=True``) with its grouping, for the
-    VJP's second solve ``M y = ubar`` of the same right-hand sides in the lanes."""
-
-    def __init__(self, mod, lay, n_steps, members, factor, inputs, start):
-        self._mod, self._lay, self._T = mod, lay, n_steps
-        self.members, self._factor, self._inputs, self._start = members, factor, inputs, start
-
-    def solve(self, extra):
-        """``y = M^{-1} extra`` refined, extra ``(B, T, n)``; returns ``(y, ok)`` with
-        ``ok`` ``(B,)`` False for the systems the caller must solve another way."""
-        members, factor, T = self.members, self._factor, self._T
-        (G, W), n = members.shape, self._lay.n
-        B = extra.shape[0]
-        e_l = np.empty((G, T * n * W))
-        _to_lanes.for_batch(G * W, T)(extra, members, e_l)
-        y_l = e_l.copy()
-        self._mod.forward(G, T, factor["lower"], factor["ys"], y_l, np.zeros((G, n * W)))
-        self._mod.backward(G, T, factor["lower"], factor["ys"], y_l, y_l, factor["scale"],
-                           np.zeros((G, (3 * self._lay.O + 1) * W)), np.zeros((G, n * W)))
-        status = _refine_groups(self._mod, self._lay, G, T, W, self._inputs, factor, y_l,
-                                np.empty_like(y_l), e_l, QR_MAX_STEPS, math.inf,
-                                np.repeat(self._start[:, None], W, axis=1))
-        y = np.empty((B, T, n))
-        _unstage.for_batch(G * W, T)(members, y_l, y.reshape(B, -1))
-        return y, _by_system(members, status, B) == CONVERGED
 
 
 def _kernel_inputs(a, strides, n_init, pins, we2, ws):
