@@ -317,6 +317,7 @@ def test_shared_left_hand_sides_in_the_lanes(shared_calls, kw):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # compiles the O = 4 kernels cold and runs the 60-digit reference
 def test_shared_left_hand_side_failures_go_to_the_host(shared_calls):
     """Left-hand side 1 is rank deficient (zero coefficients, no initial values): named
     by the host path's error, NaN only in its right-hand sides' slices; left-hand side 2
