@@ -438,3 +438,33 @@ def directional_derivative(problem, index, direction, ubar, eps=1e-6):
         moved[index] = problem[index] + s * direction
         return float(np.sum(ubar * oracle_solve(*moved)[0]))
     return (8 * (value(eps) - value(-eps)) - (value(2 * eps) - value(-2 * eps))) / (12 * eps)
+
+
+def check_vjp_against_fd(problem, grads, ubar, rng, finite_only=None):
+    """Each gradient of ``grads`` against :func:`directional_derivative` along a random
+    direction (drawn from ``rng``). ``finite_only``: a batch index (first axis) whose
+    gradients are only checked finite and left out of the directions."""
+    for index, grad in enumerate(grads):
+        assert grad.shape == problem[index].shape
+        direction = rng.standard_normal(grad.shape)
+        if finite_only is not None:
+            assert np.all(np.isfinite(grad[finite_only]))
+            direction[finite_only] = 0.0
+        expected = directional_derivative(problem, index, direction, ubar)
+        # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
+        assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
+            index, np.sum(grad * direction), expected)
+
+
+def small_step_batch():
+    """``(coefficients, rhs, init, steps)`` of 8 systems, O = 4, T = 12, whose steps go
+    from 0.5 down to 0.002 (cond(A) from ~30 to 1.7e8): the lanes' ill-conditioned cases."""
+    rng = np.random.default_rng(7)
+    B, T, D, O, E = 8, 12, 1, 4, 1
+    c = rng.standard_normal((B, T, E, D, O))
+    r = rng.standard_normal((B, T, E))
+    g = rng.standard_normal((B, 1, D, 2))
+    h = np.full((B, T - 1), 0.5)
+    for b, step in enumerate([0.05, 0.02, 0.01, 5e-3, 2e-3]):
+        h[b + 1] = step
+    return c, r, g, h

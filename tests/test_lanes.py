@@ -18,7 +18,8 @@ import bandsolve
 from bandsolve.kernels import codegen
 from bandsolve.cpu.lanes import solve as lanes
 from exact import exact_solution, order_errors
-from helpers import directional_derivative, make_problem, oracle_solve
+from helpers import (check_vjp_against_fd, directional_derivative, make_problem, oracle_solve,
+                     small_step_batch)
 
 EPS = np.finfo(np.float64).eps
 # two lane groups, the second padded
@@ -147,14 +148,8 @@ def test_ill_conditioned_systems_are_refined(lane_calls):
     solved by the host kernel's row-QR fallback. Measured without refinement (lanes with
     ``CHOLESKY_MAX_STEPS = 0``): errors 1.1e-9, 2.0e-7, 7.4e-6, 2.2e-5, all above the
     bound below; with it: 1.5e-15 .. 2.2e-12."""
-    rng = np.random.default_rng(7)
-    B, T, D, O, E = 8, 12, 1, 4, 1
-    c = rng.standard_normal((B, T, E, D, O))
-    r = rng.standard_normal((B, T, E))
-    g = rng.standard_normal((B, 1, D, 2))
-    h = np.full((B, T - 1), 0.5)
-    for b, step in enumerate([0.05, 0.02, 0.01, 5e-3, 2e-3]):
-        h[b + 1] = step
+    c, r, g, h = small_step_batch()
+    B = c.shape[0]
     u = bandsolve.smnn_solve(c, r, g, h)
     assert lane_calls and lane_calls.fallbacks == [1]  # h = 0.002 only
     for b in range(B):
@@ -221,13 +216,7 @@ def test_vjp_in_the_lanes_matches_finite_differences(lane_calls, broadcast):
     assert len(lane_calls) == 1  # the backward pass did not factor again
     assert lane_calls.plain_solved == [BATCH[0]]  # every M y = ubar solved in the lanes
     assert lane_calls.gradients == [BATCH[0]]  # and the sums over the rows made there
-    for index, grad in enumerate(grads):
-        assert grad.shape == problem[index].shape
-        direction = rng.standard_normal(grad.shape)
-        expected = directional_derivative(problem, index, direction, ubar)
-        # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
-        assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
-            index, np.sum(grad * direction), expected)
+    check_vjp_against_fd(problem, grads, ubar, rng)
 
 
 def test_lane_factor_in_host_layout(lane_calls):
@@ -358,10 +347,4 @@ def test_vjp_with_shared_left_hand_sides_matches_finite_differences(shared_calls
     _check_against_lstsq(problem, {}, u)
     ubar = rng.standard_normal(u.shape)
     grads = vjp(ubar)
-    for index, grad in enumerate(grads):
-        assert grad.shape == problem[index].shape
-        direction = rng.standard_normal(grad.shape)
-        expected = directional_derivative(problem, index, direction, ubar)
-        # the FD step 1e-6 leaves ~1e-9 relative truncation/rounding error
-        assert abs(np.sum(grad * direction) - expected) <= 1e-7 * max(1.0, abs(expected)), (
-            index, np.sum(grad * direction), expected)
+    check_vjp_against_fd(problem, grads, ubar, rng)
