@@ -49,19 +49,20 @@ def _device_solve(problem, refine_steps):
     inputs = (staged[0], U(E * n * B), staged[1], U(E * B), staged[2], U(n * B), max(Ti, 1),
               staged[3], U(B), cuda.to_device(pins.reshape(-1)), 1.0, 1.0)
     zeros = lambda size: cuda.to_device(np.zeros((1, size * B)))  # noqa: E731
-    lower, ys, x, scale, v = (zeros(T * lay.n_packed), zeros((T + 1) * lay.n_y),
-                              zeros(T * n), zeros(T * n), zeros(T * n))
+    lower, x, scale, v = (zeros(T * lay.n_packed), zeros(T * n), zeros(T * n),
+                          zeros(T * n))
     ok = cuda.to_device(np.ones((1, B)))
     grid = ((B + 31) // 32, 32)
-    mod.factor_forward[grid](1, T, *inputs, 1e-10, lower, ys, x, scale, ok,
+    mod.factor_forward[grid](1, T, *inputs, 1e-10, lower, x, scale, ok,
                              zeros(lay.n_packed), zeros(n), B)
     stats = zeros(3 * O + 1)
-    mod.backward[grid](1, T, lower, ys, x, x, scale, stats, zeros(n), B)
+    steps = inputs[7], inputs[8], inputs[11]  # the couplings are rebuilt from the steps
+    mod.backward[grid](1, T, *steps, lower, x, x, scale, stats, zeros(n), B)
     for _ in range(refine_steps):
         live = cuda.to_device(np.zeros(B, dtype=np.int64))  # every lane refining
-        mod.residual_forward[grid](1, T, *inputs, x, x, lower, ys, v, zeros(n), zeros(n), live,
-                                   B)
-        mod.correction_backward[grid](1, T, lower, ys, v, x, scale, stats, zeros(n), live, B)
+        mod.residual_forward[grid](1, T, *inputs, x, x, lower, v, zeros(n), zeros(n), live, B)
+        mod.correction_backward[grid](1, T, *steps, lower, v, x, scale, stats, zeros(n), live,
+                                      B)
     solution = x.copy_to_host().reshape(T, n, B)
     return np.moveaxis(solution, -1, 0).reshape(B, T, D, O), ok.copy_to_host()[0]
 

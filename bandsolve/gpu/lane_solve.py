@@ -55,7 +55,7 @@ def applies(lhs, n_systems):
 @cuda.jit
 def stage_kernel(coefficients, steps, rhs, init, shape, c_strides, h_strides, r_strides,
                  g_strides, n_orders, n_init_steps, n_init_orders, n_sizes, wi2, c_l, r_l,
-                 g_l, h_l, pins, ok, carry_l, carry_z, carry_c, ys):
+                 g_l, h_l, pins, ok, carry_l, carry_z, carry_c):
     """Thread ``t * B + b`` writes step ``t`` of system ``b`` in lane layout: coefficients
     ``(Bc, Tc, E, n)`` -> c_l ``(1, Tc*E*n*B)``, rhs ``(Br, Tr, E)`` -> r_l, initial
     values ``(Bi, Ti, D, Oi)`` -> g_l ``(1, max(Ti, 1)*n*B)`` (zero where not pinned),
@@ -63,8 +63,7 @@ def stage_kernel(coefficients, steps, rhs, init, shape, c_strides, h_strides, r_
     ``Th = 0``: then ``steps`` is a placeholder); pins ``(T*n,)`` gets the initial-value
     weight of each unknown of step ``t``; step 0 also starts the lane: ``ok = 1``, zero
     carries ``carry_l`` ``(1, NP*B)``, ``carry_z``, ``carry_c`` ``(1, n*B)`` (of the
-    first forward and backward sweeps) and the zero factor
-    coupling of step ``T`` in ys ``(1, (T+1)*NY*B)``, where the backward sweep starts."""
+    first forward and backward sweeps)."""
     k = cuda.grid(1)
     B = ok.shape[1]
     n = coefficients.shape[3]
@@ -103,9 +102,6 @@ def stage_kernel(coefficients, steps, rhs, init, shape, c_strides, h_strides, r_
         for q in range(carry_z.shape[1] // B):
             carry_z[0, q * B + b] = 0.0
             carry_c[0, q * B + b] = 0.0
-        n_y = ys.shape[1] // ((n_steps + 1) * B)
-        for q in range(n_y):
-            ys[0, (n_steps * n_y + q) * B + b] = 0.0
 
 
 @cuda.jit(device=True)
@@ -243,10 +239,11 @@ class DeviceLaneFactor:
     """The lane factors of a batch (:func:`solve_lanes`) with the staged left-hand-side
     inputs, kept for the VJP's second solve :meth:`solve_plain` (``M y = ubar``)."""
 
-    def __init__(self, mod, lay, n_steps, n_systems, inputs, lower, ys, scale, ok):
+    def __init__(self, mod, lay, n_steps, n_systems, inputs, lower, scale, ok):
         self._mod, self._lay, self._T, self._B = mod, lay, n_steps, n_systems
-        self._inputs, self._lower, self._ys, self._scale, self._ok = (inputs, lower, ys,
-                                                                       scale, ok)
+        self._inputs, self._lower, self._scale, self._ok = inputs, lower, scale, ok
+        # what the substitution sweeps rebuild the couplings from: (steps, hs, ws)
+        self._steps = inputs[7], inputs[8], inputs[11]
 
     def _lanes(self, device, per_system):
         return device.scratch((1, per_system * self._B), np.float64)
@@ -269,8 +266,8 @@ class DeviceLaneFactor:
         extra_l = x_l if extra_l is None else extra_l  # (unused by the least-squares residual)
         for step in range(max_steps):
             device.launch(residual, B, 1, T, *self._inputs, x_l, extra_l, self._lower,
-                          self._ys, v, carry_g, carry_r, status, B, threads=threads)
-            device.launch(mod.correction_backward, B, 1, T, self._lower, self._ys, v, x_l,
+                          v, carry_g, carry_r, status, B, threads=threads)
+            device.launch(mod.correction_backward, B, 1, T, *self._steps, self._lower, v, x_l,
                           self._scale, stats, carry_c, status, B, threads=threads)
             device.launch(decide_kernel, B, stats, O, step, max_steps, first_limit, status,
                           previous, carry_g, carry_r, carry_c)
@@ -284,9 +281,9 @@ class DeviceLaneFactor:
         carry_z, carry_c = self._lanes(device, n), self._lanes(device, n)
         threads = config.LANE_THREADS
         device.launch(to_lanes_kernel, B * T, extra, extra_l, y_l, carry_z, carry_c)
-        device.launch(self._mod.forward, B, 1, T, self._lower, self._ys, y_l, carry_z, B,
+        device.launch(self._mod.forward, B, 1, T, *self._steps, self._lower, y_l, carry_z, B,
                       threads=threads)
-        device.launch(self._mod.backward, B, 1, T, self._lower, self._ys, y_l, y_l,
+        device.launch(self._mod.backward, B, 1, T, *self._steps, self._lower, y_l, y_l,
                       self._scale, self._lanes(device, 3 * self._lay.O + 1), carry_c, B,
                       threads=threads)
         status = self._refine(device, y_l, extra_l, refine.MAX_REFINE_STEPS, math.inf)
@@ -314,7 +311,7 @@ def solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x):
         return device.scratch((1, per_system * B), np.float64)
 
     c_l, r_l, g_l, h_l = lanes(Tc * E * n), lanes(Tr * E), lanes(n_init * n), lanes(max(Th, 1))
-    lower, ys = lanes(T * lay.n_packed), lanes((T + 1) * lay.n_y)
+    lower = lanes(T * lay.n_packed)
     x_l, scale_l, ok = lanes(T * n), lanes(T * n), lanes(1)
     carry_l, carry_z, carry_c = lanes(lay.n_packed), lanes(n), lanes(n)
     pins = device.scratch((T * n,), np.float64)
@@ -325,14 +322,13 @@ def solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x):
     threads = config.LANE_THREADS
     device.launch(stage_kernel, B * T, coefficients, lhs.steps, rhs_flat, init_flat, shape,
                   strides["coefficients"], strides["steps"], strides["rhs"], strides["init"],
-                  O, Ti, Oi, Th, wi2, c_l, r_l, g_l, h_l, pins, ok, carry_l, carry_z, carry_c,
-                  ys)
+                  O, Ti, Oi, Th, wi2, c_l, r_l, g_l, h_l, pins, ok, carry_l, carry_z, carry_c)
     # every sweep starts from zero carries (stage_kernel's, then prepare / decide_kernel's)
-    device.launch(mod.factor_forward, B, 1, T, *inputs, CHOLESKY_PIVOT_TOL, lower, ys, x_l,
+    device.launch(mod.factor_forward, B, 1, T, *inputs, CHOLESKY_PIVOT_TOL, lower, x_l,
                   scale_l, ok, carry_l, carry_z, B, threads=threads)
-    device.launch(mod.backward, B, 1, T, lower, ys, x_l, x_l, scale_l, lanes(3 * O + 1),
-                  carry_c, B, threads=threads)
-    factor = DeviceLaneFactor(mod, lay, T, B, inputs, lower, ys, scale_l, ok)
+    factor = DeviceLaneFactor(mod, lay, T, B, inputs, lower, scale_l, ok)
+    device.launch(mod.backward, B, 1, T, *factor._steps, lower, x_l, x_l, scale_l,
+                  lanes(3 * O + 1), carry_c, B, threads=threads)
     status = factor._refine(device, x_l, None, CHOLESKY_MAX_STEPS, CHOLESKY_FIRST_CORRECTION)
     device.launch(unstage_kernel, B * T, x_l, x)
     return factor, status
@@ -354,23 +350,23 @@ def bytes_moved(n_systems, n_steps, n_dims, n_orders, n_equations, itemsize,
     per system and step and ``itemsize`` bytes per input/output value; each value is
     counted once per kernel that reads or writes it (no cache reuse across kernels).
 
-    Per system and step (float64 ``F = 8`` bytes; ``n = D O``, ``NP`` packed diagonal,
-    ``NY`` coupling entries): inputs ``I = E n + E + 1`` values (one initial step, not
-    counted), cast to float64 (``I (itemsize + F)``, none for float64) and staged
-    (``2 I F``); ``factor_forward`` reads ``I`` and writes ``NP + NY + 2 n``; ``backward``
-    reads ``NP + NY + 2 n`` and writes ``n``; each refinement step reads ``I + NP + NY +
-    n`` and writes ``n`` (residual), reads ``NP + NY + 3 n`` and writes ``n``
-    (correction); ``x`` unstaged (``2 n F``) and cast back (``n (F + itemsize)``, none
-    for float64).
+    Per system and step (float64 ``F = 8`` bytes; ``n = D O``, ``NP`` packed diagonal
+    entries, the only factor stored: the couplings are rebuilt from the step): inputs
+    ``I = E n + E + 1`` values (one initial step, not counted), cast to float64 (``I
+    (itemsize + F)``, none for float64) and staged (``2 I F``); ``factor_forward`` reads
+    ``I`` and writes ``NP + 2 n``; ``backward`` reads ``NP + 2 n + 1`` (the step) and
+    writes ``n``; each refinement step reads ``I + NP + n`` and writes ``n`` (residual),
+    reads ``NP + 3 n + 1`` and writes ``n`` (correction); ``x`` unstaged (``2 n F``) and
+    cast back (``n (F + itemsize)``, none for float64).
     """
     lay = codegen.Layout(n_dims, n_orders, n_equations)
     n, F = lay.n, 8
     inputs = n_equations * n + n_equations + 1
-    factor = lay.n_packed + lay.n_y
+    factor = lay.n_packed
     cast = 0 if itemsize == F else inputs * (itemsize + F) + n * (F + itemsize)
     values = (2 * inputs                          # staging
               + inputs + factor + 2 * n           # factor_forward
-              + factor + 3 * n                    # backward
-              + refinement_steps * (inputs + factor + 2 * n + factor + 4 * n)
+              + factor + 3 * n + 1                # backward
+              + refinement_steps * (inputs + factor + 2 * n + factor + 4 * n + 1)
               + 2 * n)                            # unstaging
     return n_systems * n_steps * (values * F + cast)

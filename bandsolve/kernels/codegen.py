@@ -20,6 +20,11 @@ lane of a single group as wide as the batch), float64:
   factor (``L[t,t-1] = Y^T`` with ``Y = L[t-1,t-1]^{-1} M[t,t-1]^T``, then
   ``L[t,t] = chol(M[t,t] - Y^T Y)``), relative pivot test, forward substitution;
 - ``backward``: ``x_t = L[t,t]^{-T} (z_t - Y_{t+1} x_{t+1})`` from ``T-1`` down to 0;
+  the stored factor is the diagonal blocks alone (packed): every sweep rebuilds the
+  coupling ``B_t = M[t, t-1]`` from the step and applies ``Y_t = L[t-1,t-1]^{-1} B_t^T``
+  as ``L^{-1} (B^T x)`` or ``B (L^{-T} z)``, which costs a few more multiply-adds than
+  reading ``Y`` but moves 45 instead of 99 values per step at ``n = 9`` (the sweeps are
+  bound by memory traffic at large batches);
   ``forward``: ``L^{-1}`` alone;
 - ``residual_forward`` (``plain_residual_forward`` for ``M y = extra``):
   ``g = L^{-1} A^T (beta - A x)`` with the residual formed from the rows (never from
@@ -30,6 +35,8 @@ lane of a single group as wide as the batch), float64:
 """
 
 import math
+
+from .residual import FAILED, RUNNING
 
 # lanes (systems) per group: one AVX2 float64 vector. Every scalar of the straight-line
 # code becomes a vector of LANES values, so the ~100 live values of a step spill less with
@@ -258,9 +265,6 @@ def _factor_step(lay):
     s = [row[:] for row in m]
     Lp = _load_packed(lay, b, "carry_l", "U(0)", "lp")
     Y = _y_from(lay, b, Lp, _coupling(lay, b, tr_prev))
-    for (rr, cc) in lay.y_entries:
-        value = Y[rr][cc] if Y[rr][cc] is not None else "0.0"
-        b(f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] = {value}")
     for i in range(n):
         for j in range(i + 1):
             terms = [f"{Y[q][i]} * {Y[q][j]}" for q in range(n)
@@ -300,17 +304,22 @@ def _backward_step(lay, with_stats):
     """Lane-loop body of one step of ``x_t = L_t^{-T} (z_t - Y_{t+1} x_{t+1})`` on array
     ``v`` (in place). ``with_stats``: ``v`` holds the correction's forward half; gather the
     per-order maxima of the correction test and add the correction to ``x`` (``v`` is
-    left as it was). At the last step the carry is zero and ``ys`` has a zero step ``T``."""
+    left as it was). At the last step the carry is zero and so is the coupling (``wsn``)."""
     n, O = lay.n, lay.O
     b = _Body(12)
     L = _load_packed(lay, b, "lower", "ol", "l")
     vec = [b.let(f"z_{i}", _ld("v", "ov", i)) for i in range(n)]
     xn = [b.let(f"xn_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
-    for rr in range(n):
-        terms = [f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] * {xn[cc]}"
-                 for cc in range(n) if (rr, cc) in lay.y_slot]
-        if terms:
-            vec[rr] = b.let(f"q_{rr}", f"{vec[rr]} - ({' + '.join(terms)})")
+    # Y_{t+1} x_{t+1} = L_t^{-1} (B_{t+1}^T x_{t+1}): the coupling rebuilt from the step
+    # (zero at the last step, wsn = 0) instead of stored
+    bt = _coupling(lay, b, _taylor_entries(lay, b, "otn", "tn", "wsn"))
+    product = [_sum([f"{bt[r][c]} * {xn[c]}" for c in range(n) if bt[r][c] is not None])
+               for r in range(n)]
+    coupled = _forward_solve(lay, b, L, [b.let(f"bx_{r}", e) for r, e in enumerate(product)],
+                             "q")
+    for r in range(n):
+        if coupled[r] is not None:
+            vec[r] = b.let(f"zq_{r}", f"{vec[r]} - {coupled[r]}")
     out = _backward_solve(lay, b, L, vec, "o")
     for i in range(n):
         value = out[i] if out[i] is not None else "0.0"
@@ -343,32 +352,47 @@ def _backward_step(lay, with_stats):
 
 
 def _substitute_forward(lay, b, vec):
-    """Emit ``v_t = L_t^{-1} (vec - Y_t^T z_{t-1})`` (``z_{t-1}`` from ``carry_z``, ``L_t``
-    and ``Y_t`` from the stored factor) and write it to ``v`` and ``carry_z``; returns the
-    body's lines."""
+    """Emit ``v_t = L_t^{-1} (vec - Y_t^T z_{t-1})`` (``L_t`` from the stored factor, ``Y_t^T
+    z_{t-1} = B_t w_{t-1}`` from the step and the carry ``w_{t-1} = L_{t-1}^{-T}
+    z_{t-1}``), write it to ``v`` and ``w_t`` to ``carry_z``; returns the body's lines."""
     n = lay.n
-    zp = [b.let(f"zp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
+    # Y_t^T z_{t-1} = B_t w_{t-1} with w_{t-1} = L_{t-1}^{-T} z_{t-1} (the carry): the
+    # coupling rebuilt from the step (zero at t = 0, wsp = 0) instead of stored
+    wp = [b.let(f"wp_{i}", _ld("carry_z", "U(0)", i)) for i in range(n)]
+    bt = _coupling(lay, b, _taylor_entries(lay, b, "otp", "tp", "wsp"))
     for i in range(n):
-        terms = [f"ys[g, oy + U({lay.y_slot[(q, i)]} * W) + w] * {zp[q]}"
-                 for q in range(n) if (q, i) in lay.y_slot]
+        terms = [f"{bt[c][i]} * {wp[c]}" for c in range(n) if bt[c][i] is not None]
         if terms:
             vec[i] = b.let(f"u_{i}", f"{vec[i]} - ({' + '.join(terms)})")
     L = _load_packed(lay, b, "lower", "ol", "l")
     z = _forward_solve(lay, b, L, vec, "z")
+    carried = _backward_solve(lay, b, L, z, "wz")
     for i in range(n):
-        value = z[i] if z[i] is not None else "0.0"
-        b(f"v[g, ov + U({i} * W) + w] = {value}")
-        b(f"carry_z[g, U({i} * W) + w] = {value}")
+        b(f"v[g, ov + U({i} * W) + w] = {z[i] if z[i] is not None else '0.0'}")
+        b(f"carry_z[g, U({i} * W) + w] = {carried[i] if carried[i] is not None else '0.0'}")
     return b.lines
 
 
 def _forward_step(lay):
     """Lane-loop body of one step of ``forward``: ``v_t <- L_t^{-1} (v_t - Y_t^T v_{t-1})``
-    in place (the carry starts at zero)."""
+    in place (the carry, ``L_{t-1}^{-T} v_{t-1}``, starts at zero)."""
     n = lay.n
     b = _Body(12)
     vec = [b.let(f"e_{i}", _ld("v", "ov", i)) for i in range(n)]
     return _substitute_forward(lay, b, vec)
+
+
+def _couplings_step(lay):
+    """Lane-loop body of one step of ``couplings``: ``Y_t = L_{t-1}^{-1} B_t^T`` (zero at
+    t = 0) into ``ys`` (entries ``lay.y_entries``), from the stored diagonal blocks and the
+    step; the sweeps rebuild what they need of it, this is for the host block layout."""
+    b = _Body(12)
+    Lp = _load_packed(lay, b, "lower", "olp", "lp")
+    Y = _y_from(lay, b, Lp, _coupling(lay, b, _taylor_entries(lay, b, "otp", "tp", "wsp")))
+    for (rr, cc) in lay.y_entries:
+        value = Y[rr][cc] if Y[rr][cc] is not None else "0.0"
+        b(f"ys[g, oy + U({lay.y_slot[(rr, cc)]} * W) + w] = {value}")
+    return b.lines
 
 
 def _gradient_step(lay):
@@ -506,7 +530,8 @@ def _loop(body_lines, t_expr_lines, lane_loop):
     return out
 
 
-_BACK_OFFSETS = ["tt = U(t)", "ol = tt * U(NP * W)", "oy = (tt + U(1)) * U(NY * W)",
+_BACK_OFFSETS = ["tt = U(t)", "last = t == T - 1", "wsn = 0.0 if last else ws",
+                 "otn = (U(0) if last else tt) * hs", "ol = tt * U(NP * W)",
                  "ov = tt * U(N * W)", "ox = tt * U(N * W)", "os = tt * U(N * W)"]
 
 
@@ -522,7 +547,7 @@ REFINEMENT_SWEEPS = ("residual_forward", "plain_residual_forward", "correction_b
 # The sweeps of a shared left-hand side (``generate(..., shared=True)``) and the arrays
 # they read from it: one left-hand side per group, stored without lanes
 SHARED_SWEEPS = ("forward", "backward", "correction_backward", "residual_forward")
-LHS_ARRAYS = ("coefficients", "steps", "lower", "ys", "scale")
+LHS_ARRAYS = ("coefficients", "steps", "lower", "scale")
 
 
 def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu", shared=False):
@@ -555,31 +580,38 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu", shared=Fa
     step_offsets = ["tt = U(t)", "last = t == T - 1",
                     "wsp = ws if t > 0 else 0.0", "wsn = 0.0 if last else ws",
                     "oc = tt * cs", "orr = tt * rs", "og = U(min(t, n_init - 1)) * gs",
-                    "ox = tt * U(N * W)", "ol = tt * U(NP * W)", "oy = tt * U(NY * W)",
+                    "ox = tt * U(N * W)", "ol = tt * U(NP * W)",
                     "os = tt * U(N * W)", "ov = tt * U(N * W)",
                     "oxn = (tt if last else tt + U(1)) * U(N * W)",
                     "otn = (U(0) if last else tt) * hs",
                     "otp = (tt - U(1)) * hs if t > 0 else U(0)"] + _pins(n)
     kernels = (
         ("factor_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, "
-         "we2, ws, tol, lower, ys, x, scale, ok, carry_l, carry_z", "range(T)",
+         "we2, ws, tol, lower, x, scale, ok, carry_l, carry_z", "range(T)",
          step_offsets, _factor_step(lay)),
-        ("forward", "lower, ys, v, carry_z", "range(T)",
-         ["tt = U(t)", "ol = tt * U(NP * W)", "oy = tt * U(NY * W)", "ov = tt * U(N * W)"],
-         _forward_step(lay)),
-        ("backward", "lower, ys, v, x, scale, stats, carry_z", "range(T - 1, -1, -1)",
-         _BACK_OFFSETS, _backward_step(lay, False)),
-        ("correction_backward", "lower, ys, v, x, scale, stats, carry_z",
+        ("forward", "steps, hs, ws, lower, v, carry_z", "range(T)",
+         ["tt = U(t)", "wsp = ws if t > 0 else 0.0",
+          "otp = (tt - U(1)) * hs if t > 0 else U(0)", "ol = tt * U(NP * W)",
+          "ov = tt * U(N * W)"], _forward_step(lay)),
+        ("backward", "steps, hs, ws, lower, v, x, scale, stats, carry_z",
+         "range(T - 1, -1, -1)", _BACK_OFFSETS, _backward_step(lay, False)),
+        ("correction_backward", "steps, hs, ws, lower, v, x, scale, stats, carry_z",
          "range(T - 1, -1, -1)", _BACK_OFFSETS, _backward_step(lay, True)),
         ("residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, "
-         "we2, ws, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
+         "we2, ws, x, extra, lower, v, carry_g, carry_z", "range(T)", step_offsets,
          _residual_step(lay, True)),
         ("plain_residual_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, "
-         "pins, we2, ws, x, extra, lower, ys, v, carry_g, carry_z", "range(T)", step_offsets,
+         "pins, we2, ws, x, extra, lower, v, carry_g, carry_z", "range(T)", step_offsets,
          _residual_step(lay, False)),
         ("gradient", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, we2, ws, "
          "x, y, c_bar, r_bar, h_bar", "range(T)", step_offsets, _gradient_step(lay)),
     )
+    if not cuda:  # the host block layout of the factor (LaneFactor.lower) needs Y_t
+        kernels += (("couplings", "steps, hs, ws, lower, ys", "range(T)",
+                     ["tt = U(t)", "wsp = ws if t > 0 else 0.0",
+                      "otp = (tt - U(1)) * hs if t > 0 else U(0)",
+                      "olp = (tt - U(1)) * U(NP * W) if t > 0 else U(0)",
+                      "oy = tt * U(NY * W)"], _couplings_step(lay)),)
     if shared:
         kernels = tuple(k for k in kernels if k[0] in SHARED_SWEEPS)
     for name, arguments, steps, offsets, body in kernels:
@@ -606,10 +638,112 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu", shared=Fa
         if not cuda:
             src.append("    return 0")
         src.append("")
+    if not cuda and not shared:
+        src.extend(_fused_solve(lay, parallel, step_offsets))
     source = "\n".join(src) + "\n"
     if shared:
         source = _shared_lhs(source)
     return source if cuda else _with_offset_constants(source)
+
+
+def _rule_digest():
+    """Digest of the refinement rule's source (``kernels/residual.py``), written into the
+    fused kernel's module: Numba's cache of a generated file does not see changes to the
+    helpers it calls, a new digest makes a new file."""
+    import hashlib
+    import inspect
+
+    from . import residual
+
+    return hashlib.sha1(inspect.getsource(residual).encode()).hexdigest()[:12]
+
+
+def _renamed(lines, prefix, split):
+    """``(lines[:split], lines[split:])`` with every name they assign prefixed."""
+    import re
+
+    names = {m.group(1) for line in lines for m in [re.match(r"\s*(\w+) = ", line)] if m}
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(sorted(names, key=len, reverse=True))
+                         + r")\b")
+    lines = [pattern.sub(lambda m: prefix + m.group(1), line) for line in lines]
+    return lines[:split], lines[split:]
+
+
+def _fused_solve(lay, parallel, step_offsets):
+    """Source of ``solve``: factor, solve and refine each group in turn, all its sweeps
+    before the next group's, so that a group's factor is read back while it is still in
+    cache (B=64, T=1000, D=O=E=3: the sweeps one group after another ran in ~2/3 of the
+    time of each sweep over all groups), and the whole solve is one parallel launch.
+    Refinement stops per lane by ``kernels/residual.py::lane_refinement_step`` (the
+    status ``(G, W)``: ``RUNNING`` becomes ``CONVERGED`` or ``FAILED``; lanes whose pivot
+    test failed start ``FAILED``); the group stops when no lane is running."""
+    O = lay.O
+    back = _BACK_OFFSETS
+    first_backward = [line.replace("v[g, ", "x[g, ") for line in _backward_step(lay, False)]
+
+    def sweep(steps, offsets, body, indent):
+        # every sweep's locals get a name of their own: a name assigned in two loops is
+        # one variable to Numba, whose value flowing out of a lane loop stops LLVM from
+        # vectorising it ("value ... used outside the loop")
+        nonlocal n_sweeps
+        n_sweeps += 1
+        offsets, body = _renamed(offsets + body, f"s{n_sweeps}_", len(offsets))
+        pad = " " * indent
+        lines = [f"{pad}for t in {steps}:"]
+        lines += [f"{pad}    {line}" for line in offsets]
+        lines.append(f"{pad}    for w in range(U(W)):")
+        lines += [" " * (indent - 4) + line for line in body]  # body lines are at indent 12
+        return lines
+
+    def zero(array, indent):
+        return [f"{' ' * indent}for q in range({array}.shape[1]):",
+                f"{' ' * indent}    {array}[g, q] = 0.0"]
+
+    n_sweeps = 0
+    out = [f"# refinement rule {_rule_digest()}",
+           "from bandsolve.kernels.residual import lane_refinement_step",
+           "",
+           "",
+           "# a call, not inlined, given whole arrays: the rule inlined into the kernel, or",
+           "# row views of its arrays made there, made LLVM refuse to vectorise every lane",
+           "# loop of the kernel",
+           "@numba.njit(inline='never', cache=True, nogil=True, error_model='numpy')",
+           "def _decide(stats, status, previous, g, step, max_steps, first_limit):",
+           "    running = 0",
+           "    for k in range(W):",
+           f"        lane_refinement_step(stats[g], k, W, {O}, step, max_steps, first_limit,",
+           "                             status[g], previous[g])",
+           f"        running += status[g, k] == {RUNNING}",
+           "    return running",
+           "",
+           "",
+           "@numba.njit(**_OPTIONS)",
+           "def solve(n_groups, T, coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, "
+           "pins, we2, ws, tol, lower, x, scale, ok, v, stats, carry_l, carry_z, carry_g, "
+           "status, previous, max_steps, first_limit):",
+           f"    for g in {'numba.prange' if parallel else 'range'}(n_groups):"]
+    out += zero("carry_l", 8) + zero("carry_z", 8)
+    # (the small per-lane loops count with k: the lane loops' w is unsigned, and one
+    # name typed two ways would make Numba convert it, which stops vectorisation)
+    out += ["        for k in range(W):", "            ok[g, k] = 1.0"]
+    out += sweep("range(T)", step_offsets, _factor_step(lay), 8)
+    out += zero("carry_z", 8)
+    out += sweep("range(T - 1, -1, -1)", back, first_backward, 8)
+    out += ["        for k in range(W):",
+            f"            status[g, k] = {RUNNING} if ok[g, k] == 1.0 else {FAILED}",
+            "            previous[g, k] = math.inf",
+            "        for step in range(max_steps):"]
+    out += zero("carry_g", 12) + zero("carry_z", 12)
+    out += sweep("range(T)", step_offsets, _residual_step(lay, True), 12)
+    out += zero("carry_z", 12) + zero("stats", 12)
+    out += ["            for k in range(W):", f"                stats[g, {3 * O} * W + k] = 1.0"]
+    out += sweep("range(T - 1, -1, -1)", back, _backward_step(lay, True), 12)
+    out += ["            if _decide(stats, status, previous, g, step, max_steps, "
+            "first_limit) == 0:",
+            "                break",
+            "    return 0",
+            ""]
+    return out
 
 
 def _shared_lhs(source):
@@ -621,7 +755,7 @@ def _shared_lhs(source):
     names = "|".join(LHS_ARRAYS)
     source = re.sub(rf"\b({names})\[g, (\w+) \+ U\((\d+) \* W\) \+ w\]",
                     r"\1[f, \2 + U(\3)]", source)
-    source = re.sub(r"^(\s+(?:ol|oy|os) = .*)U\((NP|NY|N) \* W\)$", r"\1U(\2)", source,
+    source = re.sub(r"^(\s+(?:ol|os) = .*)U\((NP|N) \* W\)$", r"\1U(\2)", source,
                     flags=re.M)
     assert not re.search(rf"\b({names})\[g,", source), "a left-hand-side access kept its lane"
     return source

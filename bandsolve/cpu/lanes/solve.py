@@ -24,7 +24,7 @@ import threading
 import numba
 import numpy as np
 
-from ..._jit import jit_kernel, jit_routine
+from ..._jit import jit_helper, jit_kernel, jit_routine
 from ...kernels.banded import CHOLESKY_PIVOT_TOL
 from ...kernels.residual import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, CONVERGED,
                                  FAILED, RUNNING, lane_refinement_step)
@@ -94,35 +94,42 @@ def _members(first, n_groups, width, n_systems):
                       n_systems - 1).reshape(n_groups, width)
 
 
+@jit_helper
+def _interleave(sources, rows, flat, out):
+    """``out[k*W + w] = flat[rows[sources[w]], k]`` for the ``W`` lanes of one group:
+    rows of flat ``(R, K)`` interleaved into the lane layout ``out`` ``(K*W,)``."""
+    W, K = sources.shape[0], flat.shape[1]
+    if W == 4:  # four explicit streams: ~2-4x the generic loop (one index per value)
+        s0, s1 = flat[rows[sources[0]]], flat[rows[sources[1]]]
+        s2, s3 = flat[rows[sources[2]]], flat[rows[sources[3]]]
+        for k in range(K):
+            out[4 * k] = s0[k]
+            out[4 * k + 1] = s1[k]
+            out[4 * k + 2] = s2[k]
+            out[4 * k + 3] = s3[k]
+        return
+    for k in range(K):
+        for w in range(W):
+            out[k * W + w] = flat[rows[sources[w]], k]
+
+
 @jit_kernel
-def _stage(members, with_lhs, coefficients, steps, rhs, rhs_index, init, init_index,
+def _stage(members, with_lhs, n, coefficients, steps, rhs, rhs_index, init, init_index,
            n_orders, n_init_steps, n_init_orders, c_l, r_l, g_l, h_l):
     """Lane layout of the inputs of the groups of ``members`` ``(G, W)`` (the system of
-    each lane): rhs ``(Tr, E)`` and initial values ``(Ti', n)`` (zero where nothing is
-    pinned), and with ``with_lhs`` coefficients ``(Tc, E*n)`` and steps ``(Th',)``, each
-    ``(..., W)``."""
+    each lane): rhs ``(Br, Tr*E)`` (row ``rhs_index[b]`` for system ``b``) and initial
+    values ``(Ti', n)`` (zero where nothing is pinned), and with ``with_lhs``
+    coefficients ``(B, Tc*E*n)`` and steps ``(B, Th')``, each into ``(G, K*W)``."""
     W = members.shape[1]
-    n_equations, n = coefficients.shape[2], coefficients.shape[3]
-    en = n_equations * n
+    identity = np.arange(coefficients.shape[0])
     for gl in numba.prange(members.shape[0]):
-        # lane-innermost loops: the writes are contiguous (each lane writing its own
-        # stride-W slots in turn would bring every cache line in W times)
+        # lane-innermost: the writes are contiguous (each lane writing its own stride-W
+        # slots in turn would bring every cache line in W times)
         systems = members[gl]
         if with_lhs:
-            for t in range(coefficients.shape[1]):
-                for e in range(n_equations):
-                    for a in range(n):
-                        base = (t * en + e * n + a) * W
-                        for w in range(W):
-                            c_l[gl, base + w] = coefficients[systems[w], t, e, a]
-            for i in range(steps.shape[1]):
-                for w in range(W):
-                    h_l[gl, i * W + w] = steps[systems[w], i]
-        for t in range(rhs.shape[1]):
-            for e in range(rhs.shape[2]):
-                base = (t * rhs.shape[2] + e) * W
-                for w in range(W):
-                    r_l[gl, base + w] = rhs[rhs_index[systems[w]], t, e]
+            _interleave(systems, identity, coefficients, c_l[gl])
+            _interleave(systems, identity, steps, h_l[gl])
+        _interleave(systems, rhs_index, rhs, r_l[gl])
         for t in range(g_l.shape[1] // (n * W)):
             for k in range(n):
                 o = k % n_orders
@@ -212,7 +219,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
     n_init = max(Ti, 1)
     # per-step sizes of each lane array (its step axis broadcasts when of length 1)
     sizes = dict(c=Tc * E * n, r=Tr * E, g=n_init * n, h=max(Th, 1),
-                 lower=T * lay.n_packed, ys=(T + 1) * lay.n_y, x=T * n, scale=T * n,
+                 lower=T * lay.n_packed, x=T * n, scale=T * n,
                  v=T * n)
     per_group = 8 * W * sum(sizes.values())
     n_groups = -(-B // W)
@@ -251,9 +258,11 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
             if not keep:  # (a kept factor keeps its own solution)
                 a["x"] = x_out[rows].reshape(G, -1)
         else:
-            _stage.for_batch(G * W, T)(_members(first, G, W, B), True, coefficients, steps,
-                                       rhs_flat, rhs_index, init_flat, init_index, O, Ti,
-                                       Oi, a["c"], a["r"], a["g"], a["h"])
+            _stage.for_batch(G * W, T)(_members(first, G, W, B), True, n,
+                                       coefficients.reshape(B, -1), steps,
+                                       rhs_flat.reshape(rhs_flat.shape[0], -1), rhs_index,
+                                       init_flat, init_index, O, Ti, Oi, a["c"], a["r"],
+                                       a["g"], a["h"])
         status_out[first * W:(first + G) * W] = _solve_groups(
             mod, lay, G, T, W, a, strides, n_init, pins, we2, math.sqrt(ws2), O).reshape(-1)
         if not (direct and not keep):
@@ -337,8 +346,12 @@ class LaneFactor:
         out = np.zeros((self._B, self._T, 2, n, n))
         y_rows = np.array([r for r, _ in lay.y_entries], dtype=np.int64)
         y_cols = np.array([c for _, c in lay.y_entries], dtype=np.int64)
-        _to_host_layout.for_batch(self._B, self._T)(self._a["lower"], self._a["ys"], self._W,
-                                                    y_rows, y_cols, out)
+        a = self._a
+        inputs = _kernel_inputs(a, self._strides, self._n_init, self._pins, *self._weights)
+        ys = np.empty((a["lower"].shape[0], self._T * lay.n_y * self._W))
+        self._mod.couplings(ys.shape[0], self._T, *_steps_of(inputs), a["lower"], ys)
+        _to_host_layout.for_batch(self._B, self._T)(a["lower"], ys, self._W, y_rows, y_cols,
+                                                    out)
         out[self.failed] = self.host_lower
         return out
 
@@ -358,9 +371,9 @@ class LaneFactor:
         stats = np.zeros((G, (3 * lay.O + 1) * W))
         # y = M^{-1} extra, refined below
         v[:] = e_l
-        mod.forward(G, T, a["lower"], a["ys"], v, carry_z)
+        mod.forward(G, T, *_steps_of(inputs), a["lower"], v, carry_z)
         carry_z[:] = 0.0
-        mod.backward(G, T, a["lower"], a["ys"], v, v, a["scale"], stats, carry_z)
+        mod.backward(G, T, *_steps_of(inputs), a["lower"], v, v, a["scale"], stats, carry_z)
         y, v = v, y
         status = _refine_groups(mod, lay, G, T, W, inputs, a, y, v, e_l,
                                 QR_MAX_STEPS, math.inf, np.full((G, W), RUNNING))
@@ -447,12 +460,11 @@ def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index
     h1 = steps if Th else np.zeros((n_lhs, 1))
     cs, hs = U(E * n if Tc > 1 else 0), U(1 if Th > 1 else 0)
     factor = dict(lower=np.empty((n_lhs, T * lay.n_packed)),
-                  ys=np.empty((n_lhs, (T + 1) * lay.n_y)), scale=np.empty((n_lhs, T * n)))
-    factor["ys"][:, T * lay.n_y:] = 0.0  # step T: the backward sweeps' zero start
+                  scale=np.empty((n_lhs, T * n)))
     ok = np.ones((n_lhs, 1))
     kernels(D, O, E, 1).factor_forward(
         n_lhs, T, c1, cs, np.zeros((n_lhs, E)), U(0), np.zeros((n_lhs, n)), U(n), 1, h1,
-        hs, pins, we2, ws, CHOLESKY_PIVOT_TOL, factor["lower"], factor["ys"],
+        hs, pins, we2, ws, CHOLESKY_PIVOT_TOL, factor["lower"],
         np.empty((n_lhs, T * n)), factor["scale"], ok, np.zeros((n_lhs, lay.n_packed)),
         np.zeros((n_lhs, n)))
     # the right-hand sides, W per group of one left-hand side
@@ -460,16 +472,17 @@ def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index
     G = members.shape[0]
     mod = _WithMap(shared_kernels(D, O, E, W), fmap)
     r_l, g_l = np.empty((G, Tr * E * W)), np.empty((G, n_init * n * W))
-    _stage.for_batch(G * W, T)(members, False, coefficients, steps, rhs_flat, rhs_index,
+    _stage.for_batch(G * W, T)(members, False, n, c1, steps,
+                               rhs_flat.reshape(rhs_flat.shape[0], -1), rhs_index,
                                init_flat, init_index, O, Ti, Oi, np.empty((G, 0)), r_l,
                                g_l, np.empty((G, 0)))
     inputs = (c1, cs, r_l, U(E * W if Tr > 1 else 0), g_l, U(n * W), n_init, h1, hs, pins,
               we2, ws)
     # x = M^{-1} b: the least-squares residual of x = 0 is b
     x_l, v = np.zeros((G, T * n * W)), np.empty((G, T * n * W))
-    mod.residual_forward(G, T, *inputs, x_l, x_l, factor["lower"], factor["ys"], v,
+    mod.residual_forward(G, T, *inputs, x_l, x_l, factor["lower"], v,
                          np.zeros((G, n * W)), np.zeros((G, n * W)))
-    mod.correction_backward(G, T, factor["lower"], factor["ys"], v, x_l, factor["scale"],
+    mod.correction_backward(G, T, *_steps_of(inputs), factor["lower"], v, x_l, factor["scale"],
                             np.zeros((G, (3 * O + 1) * W)), np.zeros((G, n * W)))
     start = np.where(ok[fmap.astype(np.int64), 0] == 1.0, RUNNING, FAILED)
     status = _refine_groups(mod, lay, G, T, W, inputs, factor, x_l, v, None,
@@ -495,25 +508,25 @@ def _kernel_inputs(a, strides, n_init, pins, we2, ws):
             a["h"], strides["hs"], pins, we2, ws)
 
 
+def _steps_of(inputs):
+    """``(steps, hs, ws)`` of :func:`_kernel_inputs`: what the substitution sweeps need to
+    rebuild the couplings between steps."""
+    return inputs[7], inputs[8], inputs[11]
+
+
 def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, ws, n_orders):
-    """Factor, solve and refine ``G`` staged groups in place (solution in ``a["x"]``);
-    returns the lanes' status ``(G, W)``."""
+    """Factor, solve and refine ``G`` staged groups in place (solution in ``a["x"]``),
+    each group's sweeps one after another in one parallel launch (the generated
+    ``solve``); returns the lanes' status ``(G, W)``."""
     n = lay.n
     inputs = _kernel_inputs(a, strides, n_init, pins, we2, ws)
-    lower, ys, x, scale, v = a["lower"], a["ys"], a["x"], a["scale"], a["v"]
-    ok = np.ones((G, W))
-    carry_l = np.zeros((G, lay.n_packed * W))
-    carry_z = np.zeros((G, n * W))
-    ys[:, T * lay.n_y * W:] = 0.0  # step T: the backward sweep's zero start
-    # every sweep starts from zero carries (no step before the first / after the last)
-    mod.factor_forward(G, T, *inputs, CHOLESKY_PIVOT_TOL, lower, ys, x, scale, ok, carry_l,
-                       carry_z)
-    stats = np.zeros((G, (3 * n_orders + 1) * W))
-    carry_z[:] = 0.0
-    mod.backward(G, T, lower, ys, x, x, scale, stats, carry_z)
-
-    return _refine_groups(mod, lay, G, T, W, inputs, a, x, v, None, CHOLESKY_MAX_STEPS,
-                          CHOLESKY_FIRST_CORRECTION, np.where(ok == 1.0, RUNNING, FAILED))
+    status = np.empty((G, W), dtype=np.int64)
+    # (carries, pivot flags and convergence maxima are reset by the kernel per group)
+    mod.solve(G, T, *inputs, CHOLESKY_PIVOT_TOL, a["lower"], a["x"], a["scale"],
+              np.empty((G, W)), a["v"], np.empty((G, (3 * n_orders + 1) * W)),
+              np.empty((G, lay.n_packed * W)), np.empty((G, n * W)), np.empty((G, n * W)),
+              status, np.empty((G, W)), CHOLESKY_MAX_STEPS, CHOLESKY_FIRST_CORRECTION)
+    return status
 
 
 def _refine_groups(mod, lay, G, T, W, inputs, a, x, v, extra, max_steps, first_limit,
@@ -532,13 +545,14 @@ def _refine_groups(mod, lay, G, T, W, inputs, a, x, v, extra, max_steps, first_l
     for step in range(max_steps):
         carry_g[:] = 0.0
         carry_z[:] = 0.0
-        residual(G, T, *inputs, x, extra, a["lower"], a["ys"], v, carry_g, carry_z)
+        residual(G, T, *inputs, x, extra, a["lower"], v, carry_g, carry_z)
         carry_z[:] = 0.0
         stats[:] = 0.0
         stats.reshape(G, -1, W)[:, 3 * n_orders] = 1.0
         # the sweep adds the correction to every lane (a lane that had already converged
         # takes one more, rounding-level step; a failing lane's x is not used)
-        mod.correction_backward(G, T, a["lower"], a["ys"], v, x, a["scale"], stats, carry_z)
+        mod.correction_backward(G, T, *_steps_of(inputs), a["lower"], v, x, a["scale"], stats,
+                                carry_z)
         _decide(stats, n_orders, step, max_steps, first_limit, status, previous)
         if not np.any(status == RUNNING):
             break
