@@ -535,6 +535,11 @@ _BACK_OFFSETS = ["tt = U(t)", "last = t == T - 1", "wsn = 0.0 if last else ws",
                  "ov = tt * U(N * W)", "ox = tt * U(N * W)", "os = tt * U(N * W)"]
 
 
+_FORWARD_OFFSETS = ["tt = U(t)", "wsp = ws if t > 0 else 0.0",
+                    "otp = (tt - U(1)) * hs if t > 0 else U(0)", "ol = tt * U(NP * W)",
+                    "ov = tt * U(N * W)"]
+
+
 def _pins(n):
     return [f"pw_{i} = pins[t * N + {i}]" for i in range(n)]
 
@@ -589,10 +594,8 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu", shared=Fa
         ("factor_forward", "coefficients, cs, rhs, rs, init, gs, n_init, steps, hs, pins, "
          "we2, ws, tol, lower, x, scale, ok, carry_l, carry_z", "range(T)",
          step_offsets, _factor_step(lay)),
-        ("forward", "steps, hs, ws, lower, v, carry_z", "range(T)",
-         ["tt = U(t)", "wsp = ws if t > 0 else 0.0",
-          "otp = (tt - U(1)) * hs if t > 0 else U(0)", "ol = tt * U(NP * W)",
-          "ov = tt * U(N * W)"], _forward_step(lay)),
+        ("forward", "steps, hs, ws, lower, v, carry_z", "range(T)", _FORWARD_OFFSETS,
+         _forward_step(lay)),
         ("backward", "steps, hs, ws, lower, v, x, scale, stats, carry_z",
          "range(T - 1, -1, -1)", _BACK_OFFSETS, _backward_step(lay, False)),
         ("correction_backward", "steps, hs, ws, lower, v, x, scale, stats, carry_z",
@@ -670,13 +673,15 @@ def _renamed(lines, prefix, split):
 
 
 def _fused_solve(lay, parallel, step_offsets):
-    """Source of ``solve``: factor, solve and refine each group in turn, all its sweeps
+    """Source of ``solve`` and ``solve_plain``. ``solve``: factor, solve and refine each
+    group in turn, all its sweeps
     before the next group's, so that a group's factor is read back while it is still in
     cache (B=64, T=1000, D=O=E=3: the sweeps one group after another ran in ~2/3 of the
     time of each sweep over all groups), and the whole solve is one parallel launch.
     Refinement stops per lane by ``kernels/residual.py::lane_refinement_step`` (the
     status ``(G, W)``: ``RUNNING`` becomes ``CONVERGED`` or ``FAILED``; lanes whose pivot
-    test failed start ``FAILED``); the group stops when no lane is running."""
+    test failed start ``FAILED``); the group stops when no lane is running.
+    ``solve_plain``: the same for the VJP's ``M y = extra`` with ``solve``'s factor."""
     O = lay.O
     back = _BACK_OFFSETS
     first_backward = [line.replace("v[g, ", "x[g, ") for line in _backward_step(lay, False)]
@@ -735,6 +740,34 @@ def _fused_solve(lay, parallel, step_offsets):
             "        for step in range(max_steps):"]
     out += zero("carry_g", 12) + zero("carry_z", 12)
     out += sweep("range(T)", step_offsets, _residual_step(lay, True), 12)
+    out += zero("carry_z", 12) + zero("stats", 12)
+    out += ["            for k in range(W):", f"                stats[g, {3 * O} * W + k] = 1.0"]
+    out += sweep("range(T - 1, -1, -1)", back, _backward_step(lay, True), 12)
+    out += ["            if _decide(stats, status, previous, g, step, max_steps, "
+            "first_limit) == 0:",
+            "                break",
+            "    return 0",
+            "",
+            "",
+            "@numba.njit(**_OPTIONS)",
+            "def solve_plain(n_groups, T, coefficients, cs, rhs, rs, init, gs, n_init, steps, "
+            "hs, pins, we2, ws, lower, x, scale, v, extra, stats, carry_z, carry_g, status, "
+            "previous, max_steps, first_limit):",
+            f"    for g in {'numba.prange' if parallel else 'range'}(n_groups):"]
+    # x = M^{-1} extra with the factor of solve (the VJP's second solve), then refined on
+    # the plain system; every lane starts RUNNING
+    out += ["        for q in range(x.shape[1]):", "            x[g, q] = extra[g, q]"]
+    out += zero("carry_z", 8)
+    out += sweep("range(T)", _FORWARD_OFFSETS,
+                 [line.replace("v[g, ", "x[g, ") for line in _forward_step(lay)], 8)
+    out += zero("carry_z", 8)
+    out += sweep("range(T - 1, -1, -1)", back, first_backward, 8)
+    out += ["        for k in range(W):",
+            f"            status[g, k] = {RUNNING}",
+            "            previous[g, k] = math.inf",
+            "        for step in range(max_steps):"]
+    out += zero("carry_g", 12) + zero("carry_z", 12)
+    out += sweep("range(T)", step_offsets, _residual_step(lay, False), 12)
     out += zero("carry_z", 12) + zero("stats", 12)
     out += ["            for k in range(W):", f"                stats[g, {3 * O} * W + k] = 1.0"]
     out += sweep("range(T - 1, -1, -1)", back, _backward_step(lay, True), 12)

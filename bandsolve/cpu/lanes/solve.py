@@ -145,13 +145,24 @@ def _unstage(members, lanes, out):
     """``out[b, k]`` ``(B, K)`` from the lane layout ``lanes[g, k*W + w]`` of the groups
     of ``members`` ``(G, W)`` (lane ``w`` of group ``g`` is system ``members[g, w]``;
     padding lanes, which repeat the lane before them, dropped)."""
-    W = members.shape[1]
+    W, K = members.shape[1], out.shape[1]
     for gl in numba.prange(lanes.shape[0]):
+        src = lanes[gl]
+        m = members[gl]
+        if W == 4 and m[0] != m[1] and m[1] != m[2] and m[2] != m[3]:
+            # four full lanes: four output streams (~3x the loop below)
+            o0, o1, o2, o3 = out[m[0]], out[m[1]], out[m[2]], out[m[3]]
+            for k in range(K):
+                o0[k] = src[4 * k]
+                o1[k] = src[4 * k + 1]
+                o2[k] = src[4 * k + 2]
+                o3[k] = src[4 * k + 3]
+            continue
         for w in range(W):
-            b = members[gl, w]
-            if w == 0 or b != members[gl, w - 1]:
-                for k in range(out.shape[1]):
-                    out[b, k] = lanes[gl, k * W + w]
+            b = m[w]
+            if w == 0 or b != m[w - 1]:
+                for k in range(K):
+                    out[b, k] = src[k * W + w]
 
 
 # Scratch of one batch of groups at most about this large (bytes; at least one group per
@@ -241,8 +252,9 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
     direct = W == 1 and rhs_flat.shape[0] == B and np.array_equal(rhs_index, np.arange(B))
     for first in range(0, n_groups, batch):
         G = min(batch, n_groups - first)
-        a = {name: np.empty((G, size * W)) if keep else _scratch(name, (G, size * W))
-             for name, size in sizes.items()}
+        # (a kept factor keeps its own arrays, but v is a temporary of the solve)
+        a = {name: np.empty((G, size * W)) if keep and name != "v"
+             else _scratch(name, (G, size * W)) for name, size in sizes.items()}
         if not Th:
             a["h"][:] = 0.0
         if direct:
@@ -362,21 +374,16 @@ class LaneFactor:
         mod, lay, T, W = self._mod, self._lay, self._T, self._W
         a, st = self._a, self._strides
         G, n = a["lower"].shape[0], lay.n
-        e_l = np.empty((G, T * n * W))
+        e_l = _scratch("extra", (G, T * n * W))
         _to_lanes.for_batch(G * W, T)(extra, _members(0, G, W, self._B), e_l)
         inputs = _kernel_inputs(a, st, self._n_init, self._pins, *self._weights)
-        y = np.empty((G, T * n * W))
-        v = np.empty_like(y)
-        carry_z = np.zeros((G, n * W))
-        stats = np.zeros((G, (3 * lay.O + 1) * W))
-        # y = M^{-1} extra, refined below
-        v[:] = e_l
-        mod.forward(G, T, *_steps_of(inputs), a["lower"], v, carry_z)
-        carry_z[:] = 0.0
-        mod.backward(G, T, *_steps_of(inputs), a["lower"], v, v, a["scale"], stats, carry_z)
-        y, v = v, y
-        status = _refine_groups(mod, lay, G, T, W, inputs, a, y, v, e_l,
-                                QR_MAX_STEPS, math.inf, np.full((G, W), RUNNING))
+        y = np.empty((G, T * n * W))  # kept for gradients()
+        status = np.empty((G, W), dtype=np.int64)
+        # y = M^{-1} extra, refined, each group in turn (the generated solve_plain)
+        mod.solve_plain(G, T, *inputs, a["lower"], y, a["scale"], _scratch("v", (G, T * n * W)),
+                        e_l, np.empty((G, (3 * lay.O + 1) * W)), np.empty((G, n * W)),
+                        np.empty((G, n * W)), status, np.empty((G, W)), QR_MAX_STEPS,
+                        math.inf)
         out = np.empty((self._B, T, n))
         _unstage.for_batch(G * W, T)(_members(0, G, W, self._B), y,
                                      out.reshape(self._B, -1))
