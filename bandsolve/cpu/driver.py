@@ -594,10 +594,8 @@ class _LaneFactorization(_HostFactorOnDemand):
                 or not np.array_equal(lhs_index, np.arange(n_lhs))):
             return super()._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index,
                                     x, extra)
-        y, ok = self._lane_factor.solve(extra)
+        ok, redo_extra = self._lane_factor.solve(extra, x)  # (x may be extra)
         self._lanes_hold_y = bool(ok.all())
-        redo_extra = np.array(extra[~ok])  # before x (which may be extra) is overwritten
-        x[...] = y
         return self._lanes_then_host(ok, redo_extra, rhs_flat, rhs_index, init_flat,
                                      init_index, lhs_index, x)
 

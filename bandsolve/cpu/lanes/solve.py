@@ -367,10 +367,12 @@ class LaneFactor:
         out[self.failed] = self.host_lower
         return out
 
-    def solve(self, extra):
-        """``y = M^{-1} extra`` refined, extra ``(B, T, n)``; returns ``(y, ok)`` with
-        ``ok`` ``(B,)`` False for the systems the caller must solve with the host
-        factor (the lanes' failed systems and those whose refinement failed)."""
+    def solve(self, extra, out):
+        """``out = M^{-1} extra`` refined, both ``(B, T, n)`` (``out`` may be ``extra``);
+        returns ``(ok, redo)``: ``ok`` ``(B,)`` False for the systems the caller must solve
+        with the host factor (the lanes' failed systems and those whose refinement
+        failed), ``redo`` a copy of their rows of ``extra``, taken before ``out`` is
+        written."""
         mod, lay, T, W = self._mod, self._lay, self._T, self._W
         a, st = self._a, self._strides
         G, n = a["lower"].shape[0], lay.n
@@ -384,13 +386,17 @@ class LaneFactor:
                         e_l, np.empty((G, (3 * lay.O + 1) * W)), np.empty((G, n * W)),
                         np.empty((G, n * W)), status, np.empty((G, W)), QR_MAX_STEPS,
                         math.inf)
-        out = np.empty((self._B, T, n))
-        _unstage.for_batch(G * W, T)(_members(0, G, W, self._B), y,
-                                     out.reshape(self._B, -1))
         ok = status.reshape(-1)[:self._B] == CONVERGED
         ok[self.failed] = False
+        redo = np.array(extra[~ok])
+        # (out unstaged in place: a fresh u-sized array costs its page faults every call)
+        target = out if out.flags.c_contiguous else np.empty(out.shape)
+        _unstage.for_batch(G * W, T)(_members(0, G, W, self._B), y,
+                                     target.reshape(self._B, -1))
+        if target is not out:
+            out[...] = target
         self._y = y  # for gradients(): y in the lanes' layout
-        return out, ok
+        return ok, redo
 
     def gradients(self, coefficients_bar, rhs_bar, steps_bar):
         """The VJP's per-system sums from the kept solution ``x`` and the last
