@@ -704,6 +704,24 @@ def _fused_solve(lay, parallel, step_offsets):
         return [f"{' ' * indent}for q in range({array}.shape[1]):",
                 f"{' ' * indent}    {array}[g, q] = 0.0"]
 
+    def refinement(first_status, least_squares):
+        """Each lane's status from ``first_status``, then up to ``max_steps`` refinement
+        steps of the least-squares (or the plain) system, until no lane is running."""
+        lines = ["        for k in range(W):",
+                 f"            status[g, k] = {first_status}",
+                 "            previous[g, k] = math.inf",
+                 "        for step in range(max_steps):"]
+        lines += zero("carry_g", 12) + zero("carry_z", 12)
+        lines += sweep("range(T)", step_offsets, _residual_step(lay, least_squares), 12)
+        lines += zero("carry_z", 12) + zero("stats", 12)
+        lines += ["            for k in range(W):",
+                  f"                stats[g, {3 * O} * W + k] = 1.0"]
+        lines += sweep("range(T - 1, -1, -1)", back, _backward_step(lay, True), 12)
+        lines += ["            if _decide(stats, status, previous, g, step, max_steps, "
+                  "first_limit) == 0:",
+                  "                break"]
+        return lines
+
     n_sweeps = 0
     out = [f"# refinement rule {_rule_digest()}",
            "from bandsolve.kernels.residual import lane_refinement_step",
@@ -734,19 +752,8 @@ def _fused_solve(lay, parallel, step_offsets):
     out += sweep("range(T)", step_offsets, _factor_step(lay), 8)
     out += zero("carry_z", 8)
     out += sweep("range(T - 1, -1, -1)", back, first_backward, 8)
-    out += ["        for k in range(W):",
-            f"            status[g, k] = {RUNNING} if ok[g, k] == 1.0 else {FAILED}",
-            "            previous[g, k] = math.inf",
-            "        for step in range(max_steps):"]
-    out += zero("carry_g", 12) + zero("carry_z", 12)
-    out += sweep("range(T)", step_offsets, _residual_step(lay, True), 12)
-    out += zero("carry_z", 12) + zero("stats", 12)
-    out += ["            for k in range(W):", f"                stats[g, {3 * O} * W + k] = 1.0"]
-    out += sweep("range(T - 1, -1, -1)", back, _backward_step(lay, True), 12)
-    out += ["            if _decide(stats, status, previous, g, step, max_steps, "
-            "first_limit) == 0:",
-            "                break",
-            "    return 0",
+    out += refinement(f"{RUNNING} if ok[g, k] == 1.0 else {FAILED}", True)
+    out += ["    return 0",
             "",
             "",
             "@numba.njit(**_OPTIONS)",
@@ -762,19 +769,8 @@ def _fused_solve(lay, parallel, step_offsets):
                  [line.replace("v[g, ", "x[g, ") for line in _forward_step(lay)], 8)
     out += zero("carry_z", 8)
     out += sweep("range(T - 1, -1, -1)", back, first_backward, 8)
-    out += ["        for k in range(W):",
-            f"            status[g, k] = {RUNNING}",
-            "            previous[g, k] = math.inf",
-            "        for step in range(max_steps):"]
-    out += zero("carry_g", 12) + zero("carry_z", 12)
-    out += sweep("range(T)", step_offsets, _residual_step(lay, False), 12)
-    out += zero("carry_z", 12) + zero("stats", 12)
-    out += ["            for k in range(W):", f"                stats[g, {3 * O} * W + k] = 1.0"]
-    out += sweep("range(T - 1, -1, -1)", back, _backward_step(lay, True), 12)
-    out += ["            if _decide(stats, status, previous, g, step, max_steps, "
-            "first_limit) == 0:",
-            "                break",
-            "    return 0",
+    out += refinement(f"{RUNNING}", False)
+    out += ["    return 0",
             ""]
     return out
 
