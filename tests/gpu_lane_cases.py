@@ -59,10 +59,8 @@ def _device_solve(problem, refine_steps):
     steps = inputs[7], inputs[8], inputs[11]  # the couplings are rebuilt from the steps
     mod.backward[grid](1, T, *steps, lower, x, x, scale, stats, zeros(n), B)
     for _ in range(refine_steps):
-        live = cuda.to_device(np.zeros(B, dtype=np.int64))  # every lane refining
-        mod.residual_forward[grid](1, T, *inputs, x, x, lower, v, zeros(n), zeros(n), live, B)
-        mod.correction_backward[grid](1, T, *steps, lower, v, x, scale, stats, zeros(n), live,
-                                      B)
+        mod.residual_forward[grid](1, T, *inputs, x, x, lower, v, zeros(n), zeros(n), B)
+        mod.correction_backward[grid](1, T, *steps, lower, v, x, scale, stats, zeros(n), B)
     solution = x.copy_to_host().reshape(T, n, B)
     return np.moveaxis(solution, -1, 0).reshape(B, T, D, O), ok.copy_to_host()[0]
 

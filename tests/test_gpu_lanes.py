@@ -35,7 +35,7 @@ def test_generated_cuda_kernels_compile_for_sm90_without_spills():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     report = eval(result.stdout.strip().splitlines()[-1])  # a dict literal we printed
-    assert set(report) >= {"factor_forward", "backward", "residual_forward"}
+    assert set(report) >= {"factor_forward", "backward", "forward", "refine", "refine_plain"}
     for name, info in report.items():
         assert info["spill_stores"] == 0 and info["spill_loads"] == 0, (name, info)
         assert 0 < info["registers"] <= 255, (name, info)

@@ -242,6 +242,19 @@ def _import(module):
         return loaded
 
 
+def _target(arch):
+    """The compute capability of ``arch`` (``"sm_90"`` -> ``(9, 0)``), also made the one
+    device functions are compiled for: Numba asks the driver for the current device's,
+    and there is none here."""
+    import types
+
+    import numba.cuda.dispatcher as dispatcher
+
+    cc = tuple(int(d) for d in arch.removeprefix("sm_"))
+    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+    return cc
+
+
 def compile_all(entries, arch, out=sys.stdout):
     """Compile and assemble every (module, kernel, argtypes); returns the failure count."""
     import numba
@@ -252,15 +265,8 @@ def compile_all(entries, arch, out=sys.stdout):
     if getattr(cuda, "implementation", "") != "NVIDIA":
         raise RuntimeError("the compile check needs numba-cuda (pip install "
                            "'bandsolve[cuda-compile]'); found numba's built-in CUDA target")
-    import types
-
-    import numba.cuda.dispatcher as dispatcher
-
     ptxas = find_ptxas()
-    cc = tuple(int(d) for d in arch.removeprefix("sm_"))
-    # device functions are compiled for the current device's compute capability, which
-    # asks the driver; there is none here, so name the target instead
-    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+    cc = _target(arch)
     failures = []
     header = (f"{'kernel':<40} {'signature':<44} {'regs':>4} {'stack':>6} {'spill st/ld':>11} "
               f"{'smem':>6} {'s':>5}")
@@ -302,7 +308,7 @@ def lane_report(n_dims, n_orders, n_equations, arch="sm_90"):
 
     module = kernels(n_dims, n_orders, n_equations)
     ptxas = find_ptxas()
-    cc = tuple(int(d) for d in arch.removeprefix("sm_"))
+    cc = _target(arch)  # (refine calls the stopping rule, a device function)
     report = {}
     with tempfile.TemporaryDirectory() as workdir:
         for name in KERNELS:

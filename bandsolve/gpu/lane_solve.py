@@ -6,11 +6,10 @@ of ``bandsolve/cpu/lanes/solve.py``, decided on the device without synchronising
    as the batch: quantity ``k`` of step ``t`` of system ``b`` at ``array[0, (t*K + k)*B
    + b]``), the pinned weights and every lane's zero carries;
 2. ``factor_forward`` + ``backward``: ``x = M^{-1} b`` (relative pivot test per lane);
-3. up to ``CHOLESKY_MAX_STEPS`` refinement steps, ``residual_forward`` +
-   ``correction_backward`` (``x += M^{-1} A^T (beta - A x)``), each followed by
-   :func:`decide_kernel`: the host's stopping rule per lane
-   (``kernels/residual.py::lane_refinement_step``, shared with the CPU lanes); the
-   sweeps skip the lanes that have stopped;
+3. ``refine``: up to ``CHOLESKY_MAX_STEPS`` refinement steps ``x += M^{-1} A^T (beta -
+   A x)`` of each lane in one launch, each step's residual and correction sweeps followed
+   by the host's stopping rule (``kernels/residual.py::lane_refinement_step``, shared
+   with the CPU lanes), the thread leaving when its lane stops;
 4. :func:`unstage_kernel`: ``x`` in the caller's layout ``(B, T, n)``;
 5. the systems whose lane failed (pivot test or refinement) are factored again by the
    sequential block kernels with their row-QR fallback and solved and refined from zero
@@ -30,15 +29,13 @@ from numba import cuda
 
 from ..kernels import codegen
 from ..kernels.banded import CHOLESKY_PIVOT_TOL, diagonal_of_product
-from ..kernels.residual import (CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, CONVERGED,
-                                FAILED, RUNNING, lane_refinement_step)
+from ..kernels.residual import CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, CONVERGED
 from . import config, partitioned, refine
 from ._runtime import device_function
 from .arrays import source_row
 from .lanes import kernels
 
 _source_row = device_function(source_row)
-_lane_refinement_step = device_function(lane_refinement_step)
 _diagonal_of_product = device_function(diagonal_of_product)
 
 
@@ -102,50 +99,6 @@ def stage_kernel(coefficients, steps, rhs, init, shape, c_strides, h_strides, r_
         for q in range(carry_z.shape[1] // B):
             carry_z[0, q * B + b] = 0.0
             carry_c[0, q * B + b] = 0.0
-
-
-@cuda.jit(device=True)
-def _restart_lane(b, B, n_orders, stats, carry_g, carry_r, carry_c):
-    """Zero carries of the next refinement step's two sweeps and cleared maxima."""
-    for q in range(3 * n_orders):
-        stats[0, q * B + b] = 0.0
-    stats[0, 3 * n_orders * B + b] = 1.0
-    for q in range(carry_g.shape[1] // B):
-        carry_g[0, q * B + b] = 0.0
-        carry_r[0, q * B + b] = 0.0
-        carry_c[0, q * B + b] = 0.0
-
-
-
-
-@cuda.jit
-def prepare_kernel(ok, n_orders, status, previous, stats, carry_g, carry_r, carry_c):
-    """Lane ``b = thread`` after the factor and the first solve: ``status[b]`` ``RUNNING`` if
-    its pivots passed (``ok[0, b] == 1``), else ``FAILED``; the first refinement step's
-    zero carries and cleared maxima (``stats`` ``(1, (3 O + 1) B)``, flag 1.0)."""
-    b = cuda.grid(1)
-    B = status.shape[0]
-    if b >= B:
-        return
-    status[b] = RUNNING if ok[0, b] == 1.0 else FAILED
-    previous[b] = math.inf
-    _restart_lane(b, B, n_orders, stats, carry_g, carry_r, carry_c)
-
-
-
-
-@cuda.jit
-def decide_kernel(stats, n_orders, step, max_steps, first_limit, status, previous,
-                  carry_g, carry_r, carry_c):
-    """The host's stopping rule after refinement step ``step`` for lane ``b = thread``
-    (``lane_refinement_step``), then the next step's zero carries and cleared maxima."""
-    b = cuda.grid(1)
-    B = status.shape[0]
-    if b >= B:
-        return
-    _lane_refinement_step(stats[0], b, B, n_orders, step, max_steps, first_limit, status,
-                          previous)
-    _restart_lane(b, B, n_orders, stats, carry_g, carry_r, carry_c)
 
 
 @cuda.jit
@@ -255,22 +208,15 @@ class DeviceLaneFactor:
         pivot test are ``FAILED`` from the start."""
         B, n, O, mod = self._B, self._lay.n, self._lay.O, self._mod
         status = device.scratch((B,), np.int64)
-        previous = device.scratch((B,), np.float64)
-        stats = self._lanes(device, 3 * O + 1)
-        carry_g, carry_r, carry_c = (self._lanes(device, n) for _ in range(3))
-        v = self._lanes(device, self._T * n)
-        threads, T = config.LANE_THREADS, self._T
-        device.launch(prepare_kernel, B, self._ok, O, status, previous, stats, carry_g,
-                      carry_r, carry_c)
-        residual = mod.residual_forward if extra_l is None else mod.plain_residual_forward
+        refine_kernel = mod.refine if extra_l is None else mod.refine_plain
         extra_l = x_l if extra_l is None else extra_l  # (unused by the least-squares residual)
-        for step in range(max_steps):
-            device.launch(residual, B, 1, T, *self._inputs, x_l, extra_l, self._lower,
-                          v, carry_g, carry_r, status, B, threads=threads)
-            device.launch(mod.correction_backward, B, 1, T, *self._steps, self._lower, v, x_l,
-                          self._scale, stats, carry_c, status, B, threads=threads)
-            device.launch(decide_kernel, B, stats, O, step, max_steps, first_limit, status,
-                          previous, carry_g, carry_r, carry_c)
+        # every refinement step of a lane and its stopping rule in one launch
+        device.launch(refine_kernel, B, 1, self._T, *self._inputs, x_l, extra_l, self._lower,
+                      self._lanes(device, self._T * n), self._scale,
+                      self._lanes(device, 3 * O + 1), self._lanes(device, n),
+                      self._lanes(device, n), self._ok, status,
+                      device.scratch((B,), np.float64), max_steps, first_limit, B,
+                      threads=config.LANE_THREADS)
         return status
 
     def solve_plain(self, device, extra, y):
@@ -323,7 +269,7 @@ def solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x):
     device.launch(stage_kernel, B * T, coefficients, lhs.steps, rhs_flat, init_flat, shape,
                   strides["coefficients"], strides["steps"], strides["rhs"], strides["init"],
                   O, Ti, Oi, Th, wi2, c_l, r_l, g_l, h_l, pins, ok, carry_l, carry_z, carry_c)
-    # every sweep starts from zero carries (stage_kernel's, then prepare / decide_kernel's)
+    # the factor and first solve start from stage_kernel's zero carries (refine zeroes its own)
     device.launch(mod.factor_forward, B, 1, T, *inputs, CHOLESKY_PIVOT_TOL, lower, x_l,
                   scale_l, ok, carry_l, carry_z, B, threads=threads)
     factor = DeviceLaneFactor(mod, lay, T, B, inputs, lower, scale_l, ok)

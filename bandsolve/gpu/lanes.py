@@ -22,10 +22,10 @@ _modules = {}
 _lock = threading.Lock()
 
 _UNSIGNED = {"cs", "rs", "gs", "hs"}
-_INTEGER = {"n_groups", "T", "n_init", "W"}
-_SCALAR = {"we2", "ws", "tol"}
-_VECTOR = {"pins"}
-_STATE = {"live"}
+_INTEGER = {"n_groups", "T", "n_init", "W", "max_steps"}
+_SCALAR = {"we2", "ws", "tol", "first_limit"}
+_VECTOR = {"pins", "previous"}
+_STATE = {"status"}
 
 
 def kernels(n_dims, n_orders, n_equations):
@@ -42,7 +42,8 @@ def kernels(n_dims, n_orders, n_equations):
 def argument_types(kernel):
     """Numba types of ``kernel``'s arguments, from their names (the generator's
     convention): strides ``uint64``, counts ``int64``, weights ``float64``, ``pins``
-    ``float64[::1]``, ``live`` ``int64[::1]``, every other array ``float64[:, ::1]``."""
+    and ``previous`` ``float64[::1]``, ``status`` ``int64[::1]``, every other array
+    ``float64[:, ::1]``."""
     from numba import types
 
     names = kernel.py_func.__code__.co_varnames[:kernel.py_func.__code__.co_argcount]
@@ -63,5 +64,4 @@ def argument_types(kernel):
     return tuple(out)
 
 
-KERNELS = ("factor_forward", "backward", "residual_forward", "correction_backward",
-           "plain_residual_forward")
+KERNELS = ("factor_forward", "backward", "forward", "refine", "refine_plain")

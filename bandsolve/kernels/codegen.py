@@ -544,11 +544,6 @@ def _pins(n):
     return [f"pw_{i} = pins[t * N + {i}]" for i in range(n)]
 
 
-# The CUDA target's sweeps of a refinement step take one more argument, ``live`` (``(W,)``
-# int64): the lanes whose entry is not 0 have stopped refining and are left alone.
-REFINEMENT_SWEEPS = ("residual_forward", "plain_residual_forward", "correction_backward")
-
-
 # The sweeps of a shared left-hand side (``generate(..., shared=True)``) and the arrays
 # they read from it: one left-hand side per group, stored without lanes
 SHARED_SWEEPS = ("forward", "backward", "correction_backward", "residual_forward")
@@ -621,13 +616,11 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu", shared=Fa
         if shared:
             arguments += ", fmap"
         if cuda:  # one thread per lane; W (the lanes of the one group) an argument
-            refining = name in REFINEMENT_SWEEPS
             src.append("@cuda.jit(fastmath={'contract'})")
-            src.append(f"def {name}(n_groups, T, {arguments}, {'live, ' if refining else ''}W):")
+            src.append(f"def {name}(n_groups, T, {arguments}, W):")
             src.append("    w = U(cuda.grid(1))")
             src.append("    g = 0")
-            # a lane whose refinement has stopped (live[w] != 0) returns at once
-            src.append("    if w < U(W) and live[w] == 0:" if refining else "    if True:")
+            src.append("    if True:")
             lane_loop = "if w < U(W):"
         else:
             src.append("@numba.njit(**_OPTIONS)")
@@ -643,6 +636,8 @@ def generate(n_dims, n_orders, n_equations, width=LANES, target="cpu", shared=Fa
         src.append("")
     if not cuda and not shared:
         src.extend(_fused_solve(lay, parallel, step_offsets))
+    if cuda:
+        src.extend(_cuda_refinement(lay, step_offsets))
     source = "\n".join(src) + "\n"
     if shared:
         source = _shared_lhs(source)
@@ -772,6 +767,57 @@ def _fused_solve(lay, parallel, step_offsets):
     out += refinement(f"{RUNNING}", False)
     out += ["    return 0",
             ""]
+    return out
+
+
+def _cuda_refinement(lay, step_offsets):
+    """Source of the CUDA kernels ``refine`` and ``refine_plain``: every refinement step
+    of one lane (thread) in one launch, the residual sweep, the correction sweep and the
+    stopping rule (``lane_refinement_step``, on ``status`` ``(W,)`` and ``previous``),
+    until the lane stops; a lane whose pivot test failed (``ok[0, lane] != 1``) starts
+    ``FAILED``. One launch instead of three per step and a preparing one: each thread
+    owns its lane, so no other thread's result is waited for."""
+    O = lay.O
+    out = ["from bandsolve.gpu._runtime import device_function",
+           "from bandsolve.kernels.residual import lane_refinement_step",
+           f"# refinement rule {_rule_digest()}",
+           "_rule = device_function(lane_refinement_step)",
+           ""]
+    for name, least_squares in (("refine", True), ("refine_plain", False)):
+        sweeps = []
+        for tag, (steps, offsets, body) in enumerate((
+                ("range(T)", step_offsets, _residual_step(lay, least_squares)),
+                ("range(T - 1, -1, -1)", _BACK_OFFSETS, _backward_step(lay, True)))):
+            offsets, body = _renamed(offsets + body, f"s{tag}_", len(offsets))
+            sweeps.append(["            for q in range(N):",
+                           "                carry_z[0, U(q) * U(W) + w] = 0.0"]
+                          + [f"            for t in {steps}:"]
+                          + [f"                {line}" for line in offsets]
+                          + ["                if True:"]
+                          + ["        " + line for line in body])  # body lines at indent 12
+        out += ["",
+                "@cuda.jit(fastmath={'contract'})",
+                f"def {name}(n_groups, T, coefficients, cs, rhs, rs, init, gs, n_init, steps, "
+                "hs, pins, we2, ws, x, extra, lower, v, scale, stats, carry_g, carry_z, ok, "
+                "status, previous, max_steps, first_limit, W):",
+                "    lane = cuda.grid(1)",
+                "    w = U(lane)",
+                "    g = 0",
+                "    if lane < W:",
+                f"        status[lane] = {RUNNING} if ok[0, lane] == 1.0 else {FAILED}",
+                "        previous[lane] = math.inf",
+                "        for step in range(max_steps):",
+                f"            if status[lane] != {RUNNING}:",
+                "                break",
+                "            for q in range(N):",
+                "                carry_g[0, U(q) * U(W) + w] = 0.0",
+                f"            for q in range({3 * O}):",
+                "                stats[0, U(q) * U(W) + w] = 0.0",
+                f"            stats[0, U({3 * O}) * U(W) + w] = 1.0"]
+        out += sweeps[0] + sweeps[1]
+        out += [f"            _rule(stats[0], lane, W, {O}, step, max_steps, first_limit, "
+                "status, previous)",
+                ""]
     return out
 
 
