@@ -6,11 +6,11 @@ shrinking, the row-QR factor where either fails), for ``W`` systems at a time:
 
 1. stage the inputs into lane layout (``array[g, (t*K + k)*W + w]``, NumPy copies) and
    the smoothness rows of every step size (scaled by ``ws``);
-2. ``factor_forward`` + ``backward``: ``x = M^{-1} b``;
-3. up to ``CHOLESKY_MAX_STEPS`` refinement steps ``x += M^{-1} A^T (beta - A x)``
-   (``residual_forward`` + ``correction_backward``), each lane stopped by the host's
-   rule (:func:`bandsolve.cpu.accurate.refine`), applied here per lane with NumPy;
-4. lanes whose pivot test or refinement failed are solved again, one system at a time,
+2. the generated ``solve``, one group after another in one parallel launch: factor and
+   ``x = M^{-1} b``, then up to ``CHOLESKY_MAX_STEPS`` refinement steps ``x += M^{-1}
+   A^T (beta - A x)``, each lane stopped by the host's rule
+   (``kernels/residual.py::lane_refinement_step``, as :func:`bandsolve.cpu.accurate.refine`);
+3. lanes whose pivot test or refinement failed are solved again, one system at a time,
    by the host kernel (whose row-QR fallback handles them).
 
 The generated source of each shape is written to a cache folder and imported from there,
@@ -166,12 +166,12 @@ def _unstage(members, lanes, out):
 
 
 # Scratch of one batch of groups at most about this large (bytes; at least one group per
-# thread). Each batch costs ~8 parallel launches, and each launch waits for every thread:
-# on a machine where another process holds a core that wait is milliseconds (B=64, T=1000,
-# D=O=E=3 in 3 batches: 112 ms on two threads against 35 ms on one), so batches are few;
-# on a quiet machine smaller batches that stay in cache gain a little (8 MiB: 27.8 ms,
-# 32 MiB: 23.8 ms, 128 MiB: 26.3 ms). Kept between calls by the calling thread, so that
-# solves do not pay fresh page faults every time.
+# thread). Each batch costs three parallel launches (staging, the fused solve, unstaging),
+# and each launch waits for every thread: on a machine where another process holds a core
+# that wait is milliseconds, so batches are few. Cache locality does not need small
+# batches: the fused solve finishes one group's sweeps before the next group's. Kept
+# between calls by the calling thread, so that solves do not pay fresh page faults every
+# time.
 SCRATCH_BYTES = 1 << 27
 # Buffers up to this size are kept for the next call (a long sequence's factor, T = 1e5:
 # ~140 MiB in all); larger ones are freed.
