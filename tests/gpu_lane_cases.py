@@ -56,7 +56,7 @@ def _device_solve(problem, refine_steps):
     mod.factor_forward[grid](1, T, *inputs, 1e-10, lower, x, scale, ok,
                              zeros(lay.n_packed), zeros(n), B)
     stats = zeros(3 * O + 1)
-    steps = inputs[7], inputs[8], inputs[11]  # the couplings are rebuilt from the steps
+    steps = codegen.step_arguments(inputs)  # the couplings are rebuilt from the steps
     mod.backward[grid](1, T, *steps, lower, x, x, scale, stats, zeros(n), B)
     for _ in range(refine_steps):
         mod.residual_forward[grid](1, T, *inputs, x, x, lower, v, zeros(n), zeros(n), B)

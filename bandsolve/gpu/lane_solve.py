@@ -196,7 +196,7 @@ class DeviceLaneFactor:
         self._mod, self._lay, self._T, self._B = mod, lay, n_steps, n_systems
         self._inputs, self._lower, self._scale, self._ok = inputs, lower, scale, ok
         # what the substitution sweeps rebuild the couplings from: (steps, hs, ws)
-        self._steps = inputs[7], inputs[8], inputs[11]
+        self._steps = codegen.step_arguments(inputs)
 
     def _lanes(self, device, per_system):
         return device.scratch((1, per_system * self._B), np.float64)

@@ -540,13 +540,20 @@ _FORWARD_OFFSETS = ["tt = U(t)", "wsp = ws if t > 0 else 0.0",
                     "ov = tt * U(N * W)"]
 
 
+def step_arguments(inputs):
+    """``(steps, hs, ws)`` from the inputs every sweep kernel takes first (``coefficients,
+    cs, rhs, rs, init, gs, n_init, steps, hs, pins, we2, ws``): what the substitution
+    sweeps need to rebuild the couplings between steps."""
+    return inputs[7], inputs[8], inputs[11]
+
+
 def _pins(n):
     return [f"pw_{i} = pins[t * N + {i}]" for i in range(n)]
 
 
 # The sweeps of a shared left-hand side (``generate(..., shared=True)``) and the arrays
 # they read from it: one left-hand side per group, stored without lanes
-SHARED_SWEEPS = ("forward", "backward", "correction_backward", "residual_forward")
+SHARED_SWEEPS = ("correction_backward", "residual_forward")
 LHS_ARRAYS = ("coefficients", "steps", "lower", "scale")
 
 

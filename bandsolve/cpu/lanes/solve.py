@@ -361,7 +361,7 @@ class LaneFactor:
         a = self._a
         inputs = _kernel_inputs(a, self._strides, self._n_init, self._pins, *self._weights)
         ys = np.empty((a["lower"].shape[0], self._T * lay.n_y * self._W))
-        self._mod.couplings(ys.shape[0], self._T, *_steps_of(inputs), a["lower"], ys)
+        self._mod.couplings(ys.shape[0], self._T, *codegen.step_arguments(inputs), a["lower"], ys)
         _to_host_layout.for_batch(self._B, self._T)(a["lower"], ys, self._W, y_rows, y_cols,
                                                     out)
         out[self.failed] = self.host_lower
@@ -495,10 +495,10 @@ def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index
     x_l, v = np.zeros((G, T * n * W)), np.empty((G, T * n * W))
     mod.residual_forward(G, T, *inputs, x_l, x_l, factor["lower"], v,
                          np.zeros((G, n * W)), np.zeros((G, n * W)))
-    mod.correction_backward(G, T, *_steps_of(inputs), factor["lower"], v, x_l, factor["scale"],
+    mod.correction_backward(G, T, *codegen.step_arguments(inputs), factor["lower"], v, x_l, factor["scale"],
                             np.zeros((G, (3 * O + 1) * W)), np.zeros((G, n * W)))
     start = np.where(ok[fmap.astype(np.int64), 0] == 1.0, RUNNING, FAILED)
-    status = _refine_groups(mod, lay, G, T, W, inputs, factor, x_l, v, None,
+    status = _refine_groups(mod, lay, G, T, W, inputs, factor, x_l, v,
                             CHOLESKY_MAX_STEPS, CHOLESKY_FIRST_CORRECTION,
                             np.repeat(start[:, None], W, axis=1))
     x = np.empty((B, T, n))
@@ -521,12 +521,6 @@ def _kernel_inputs(a, strides, n_init, pins, we2, ws):
             a["h"], strides["hs"], pins, we2, ws)
 
 
-def _steps_of(inputs):
-    """``(steps, hs, ws)`` of :func:`_kernel_inputs`: what the substitution sweeps need to
-    rebuild the couplings between steps."""
-    return inputs[7], inputs[8], inputs[11]
-
-
 def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, ws, n_orders):
     """Factor, solve and refine ``G`` staged groups in place (solution in ``a["x"]``),
     each group's sweeps one after another in one parallel launch (the generated
@@ -542,29 +536,27 @@ def _solve_groups(mod, lay, G, T, W, a, strides, n_init, pins, we2, ws, n_orders
     return status
 
 
-def _refine_groups(mod, lay, G, T, W, inputs, a, x, v, extra, max_steps, first_limit,
-                   status):
-    """Refinement ``x += M^{-1} (A^T (beta - A x))`` (``extra`` None), or of the plain
-    system ``M x = extra``, lane by lane with the host's stopping rule
+def _refine_groups(mod, lay, G, T, W, inputs, a, x, v, max_steps, first_limit, status):
+    """Refinement ``x += M^{-1} (A^T (beta - A x))`` of the shared-left-hand-side sweeps
+    ``mod``, lane by lane with the host's stopping rule
     (:func:`bandsolve.cpu.accurate.refine`); returns the lanes' status ``(G, W)``."""
     n, n_orders = lay.n, lay.O
     carry_z = np.zeros((G, n * W))
     carry_g = np.zeros((G, n * W))
     stats = np.zeros((G, (3 * n_orders + 1) * W))
-    residual = mod.residual_forward if extra is None else mod.plain_residual_forward
-    extra = x if extra is None else extra  # (unused by the least-squares residual)
     previous = np.full((G, W), math.inf)
     status = np.ascontiguousarray(status, dtype=np.int64)
     for step in range(max_steps):
         carry_g[:] = 0.0
         carry_z[:] = 0.0
-        residual(G, T, *inputs, x, extra, a["lower"], v, carry_g, carry_z)
+        # (the argument after x, extra, is read by the plain residual only)
+        mod.residual_forward(G, T, *inputs, x, x, a["lower"], v, carry_g, carry_z)
         carry_z[:] = 0.0
         stats[:] = 0.0
         stats.reshape(G, -1, W)[:, 3 * n_orders] = 1.0
         # the sweep adds the correction to every lane (a lane that had already converged
         # takes one more, rounding-level step; a failing lane's x is not used)
-        mod.correction_backward(G, T, *_steps_of(inputs), a["lower"], v, x, a["scale"], stats,
+        mod.correction_backward(G, T, *codegen.step_arguments(inputs), a["lower"], v, x, a["scale"], stats,
                                 carry_z)
         _decide(stats, n_orders, step, max_steps, first_limit, status, previous)
         if not np.any(status == RUNNING):
