@@ -10,6 +10,7 @@ References: ``numpy.linalg.lstsq`` on the dense rows (``helpers.oracle_solve``, 
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -176,6 +177,32 @@ def test_rank_deficient_system_is_named(lane_calls):
     _check_against_lstsq((c[keep], r[keep], g[keep], h[keep]), {}, u[keep])
 
 
+@pytest.mark.parametrize("batch, keep", [(BATCH, False), (BATCH, True), ((2,), False)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_coefficients_are_named_before_solving(monkeypatch, lane_calls, batch,
+                                                          keep, bad):
+    """The lanes test the coefficients' finiteness while staging them (the up-front check
+    skips them there): the error is the host's, naming the argument and the first bad
+    position, raised before the solve kernel runs; the caller's arrays are untouched.
+    ``(2,)``: the one-lane build reads its inputs in place, checked up front."""
+    solved = []
+    real = lanes._solve_groups
+    monkeypatch.setattr(lanes, "_solve_groups",
+                        lambda *args: solved.append(1) or real(*args))
+    c, r, g, h = make_problem(7, batch=batch, T=6, **SHAPE)
+    position = (batch[0] - 1, 4, 1, 1, 1)  # (b, t, e, d, o): the last system (a padded group when BATCH)
+    c[position] = bad
+    before = c.copy()
+    call = bandsolve.smnn_solve_vjp if keep else bandsolve.smnn_solve
+    with pytest.raises(ValueError, match=r"coefficients.*" + re.escape(str(position))):
+        call(c, r, g, h)
+    assert lane_calls and not solved and not lane_calls.fallbacks
+    np.testing.assert_array_equal(c, before)
+    c[position] = 1.0  # and a finite one at the same place solves
+    assert np.all(np.isfinite(call(c, r, g, h)[0] if keep else call(c, r, g, h)))
+    assert solved
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [BATCH, (2,)])
 def test_paper_block_size(lane_calls, batch):
@@ -217,6 +244,66 @@ def test_vjp_in_the_lanes_matches_finite_differences(lane_calls, broadcast):
     assert lane_calls.plain_solved == [BATCH[0]]  # every M y = ubar solved in the lanes
     assert lane_calls.gradients == [BATCH[0]]  # and the sums over the rows made there
     check_vjp_against_fd(problem, grads, ubar, rng)
+
+
+@pytest.mark.parametrize("batch", [BATCH, (2,)])
+def test_kept_lane_factor_ignores_later_changes_to_the_inputs(lane_calls, batch):
+    """The VJP and a kept factorisation read the lanes' own copies (the left-hand side
+    keeps no second copy of the coefficients: it is rebuilt from the lanes' on demand,
+    here by the host solve of new right-hand sides): overwriting the caller's arrays
+    after the solve changes neither the gradients nor a later solve."""
+    from bandsolve._adapters import smnn_factor_solve
+
+    problem = make_problem(12, batch=batch, T=6, **SHAPE, Ti=1, Oi=2)
+    ubar = np.random.default_rng(3).standard_normal(
+        bandsolve.smnn_solve(*problem).shape)
+    pristine = [a.copy() for a in problem]
+    expected = bandsolve.smnn_solve_vjp(*pristine)[1](ubar)
+    mutable = [a.copy() for a in problem]
+    u, vjp = bandsolve.smnn_solve_vjp(*mutable)
+    u_kept, factorization = smnn_factor_solve(*mutable)
+    for a in mutable:
+        a[...] = 7.0  # (steps stay positive, the coefficients well posed but different)
+    for got, want in zip(vjp(ubar), expected):
+        np.testing.assert_array_equal(got, want)
+    u_again = factorization.solve(pristine[1], pristine[2])  # the host layout, rebuilt
+    np.testing.assert_allclose(u_again, u_kept, rtol=0, atol=1e-12 * np.abs(u_kept).max())
+    assert not lane_calls.fallbacks
+
+
+def test_kept_factor_buffers_are_pooled_and_never_shared(lane_calls):
+    """A kept lane factor's buffers go back to the pool when its VJP is dropped (at once:
+    no reference cycle waits for the cyclic collector) and the next kept solve reuses
+    them; two live factors never share one (each VJP gives its own problem's gradients,
+    the expected ones computed with the pool emptied)."""
+    import gc
+
+    first = make_problem(13, batch=BATCH, T=6, **SHAPE, Ti=1, Oi=2)
+    second = make_problem(14, batch=BATCH, T=6, **SHAPE, Ti=1, Oi=2)
+    ubar = np.random.default_rng(5).standard_normal(bandsolve.smnn_solve(*first).shape)
+    expected = []
+    for problem in (first, second):
+        lanes.release_scratch()
+        expected.append(bandsolve.smnn_solve_vjp(*problem)[1](ubar))
+    lanes.release_scratch()
+    gc.disable()
+    try:
+        _, vjp_first = bandsolve.smnn_solve_vjp(*first)
+        _, vjp_second = bandsolve.smnn_solve_vjp(*second)
+        assert not lanes._kept_pool
+        del vjp_first
+        pooled = len(lanes._kept_pool)
+        assert pooled >= 7  # coefficients, rhs, init, steps, factor, x, column norms
+        _, vjp_again = bandsolve.smnn_solve_vjp(*first)
+        assert len(lanes._kept_pool) < pooled  # reused
+        for vjp, want in ((vjp_again, expected[0]), (vjp_second, expected[1]),
+                          (vjp_again, expected[0])):
+            for got, ref in zip(vjp(ubar), want):
+                np.testing.assert_array_equal(got, ref)
+    finally:
+        gc.enable()
+    lanes.release_scratch()
+    assert not lanes._kept_pool
 
 
 def test_lane_factor_in_host_layout(lane_calls):

@@ -84,11 +84,45 @@ class _LeftHandSide:
         self.dtype = problem.dtype  # the inputs' (and results') dtype
         self.batch_shape = problem.lhs_batch
         n_lhs = math.prod(self.batch_shape)
+        # (n_lhs, Tc, E, n): what the kernels read
+        self.flat_coefficients_shape = (n_lhs, coefficients.shape[-4], self.n_equations,
+                                        self.block_size)
         self.coefficients = _lhs_array(
             coefficients, self.batch_shape + coefficients.shape[-4:], private,
-        ).reshape(n_lhs, coefficients.shape[-4], self.n_equations, self.block_size)
+        ).reshape(self.flat_coefficients_shape)
         self.steps = _lhs_array(steps, self.batch_shape + steps.shape[-1:], private
                                 ).reshape(n_lhs, steps.shape[-1])
+        self._callers = (coefficients, steps)  # (make_private: are these still theirs?)
+
+    _restore_coefficients = None
+
+    @property
+    def coefficients(self):
+        """``(n_lhs, Tc, E, n)`` float64 (rebuilt by the function given to
+        :meth:`coefficients_from` if it was dropped)."""
+        if self._coefficients is None:
+            self._coefficients = self._restore_coefficients()
+        return self._coefficients
+
+    @coefficients.setter
+    def coefficients(self, value):
+        self._coefficients = value
+
+    def make_private(self, coefficients=True):
+        """Copy the steps (and with ``coefficients`` the coefficients) where they still are
+        the caller's arrays (built with ``private=False``), so that later changes to
+        those do not reach this object."""
+        callers = self._callers
+        if coefficients and np.may_share_memory(self._coefficients, callers[0]):
+            self._coefficients = self._coefficients.copy()
+        if np.may_share_memory(self.steps, callers[1]):
+            self.steps = self.steps.copy()
+
+    def coefficients_from(self, restore):
+        """Drop this object's coefficients; ``restore()`` rebuilds them (the same values,
+        ``(n_lhs, Tc, E, n)``) when something reads them. For a factorisation whose kernels
+        keep a private copy of their own (the lanes' staged one): no second copy."""
+        self._coefficients, self._restore_coefficients = None, restore
 
     @property
     def bandwidth(self):
@@ -124,7 +158,7 @@ class _LeftHandSide:
         return b, lhs_index, rhs_flat, rhs_index
 
     def empty_blocks(self):
-        return np.empty((self.coefficients.shape[0], self.n_steps, self.bandwidth + 1,
+        return np.empty((self.flat_coefficients_shape[0], self.n_steps, self.bandwidth + 1,
                          self.block_size, self.block_size), dtype=COMPUTE_DTYPE)
 
 
@@ -483,14 +517,16 @@ central_smoothness=False, dtype=float64)
         lhs = self._lhs
         B = x.shape[0]
         we, wi, ws = lhs.weights
-        n_lhs, n_rhs = lhs.coefficients.shape[0], rhs_flat.shape[0]
+        n_lhs, n_rhs = lhs.flat_coefficients_shape[0], rhs_flat.shape[0]
         # The kernel writes per-system gradients. With a shared left-hand side (or rhs)
         # they are summed into the input's own batch chunk by chunk, so the full batch's
         # coefficients_bar (E times the size of u) is never allocated.
         chunk = B if n_lhs == n_rhs == B else max(
-            n_lhs, 1, _GRADIENT_CHUNK_ELEMENTS // max(1, lhs.coefficients[0].size))
+            n_lhs, 1, _GRADIENT_CHUNK_ELEMENTS // max(1, math.prod(
+                lhs.flat_coefficients_shape[1:])))
         chunk = min(chunk, B)
-        coefficients_bar = np.empty((chunk,) + lhs.coefficients.shape[1:], dtype=COMPUTE_DTYPE)
+        coefficients_bar = np.empty((chunk,) + lhs.flat_coefficients_shape[1:],
+                                    dtype=COMPUTE_DTYPE)
         rhs_bar = np.empty((chunk,) + rhs_flat.shape[1:], dtype=COMPUTE_DTYPE)
         steps_bar = np.empty((chunk, lhs.steps.shape[1]), dtype=COMPUTE_DTYPE)
         sums = (coefficients_bar, rhs_bar, steps_bar)
@@ -576,7 +612,7 @@ class _LaneFactorization(_HostFactorOnDemand):
 
     def _gradient_part(self, x, y, lhs_index, rhs_flat, rhs_index, part, coefficients_bar,
                        rhs_bar, steps_bar):
-        n = self._lhs.coefficients.shape[0]
+        n = self._lhs.flat_coefficients_shape[0]
         whole = (part.start == 0 and part.stop == n == x.shape[0] == rhs_flat.shape[0]
                  and np.array_equal(lhs_index, np.arange(n))
                  and np.array_equal(rhs_index, np.arange(n)))
@@ -589,7 +625,7 @@ class _LaneFactorization(_HostFactorOnDemand):
 
     def _refined(self, rhs_flat, rhs_index, init_flat, init_index, lhs_index, x,
                  extra=None):
-        n_lhs = self._lhs.coefficients.shape[0]
+        n_lhs = self._lhs.flat_coefficients_shape[0]
         if (extra is None or x.shape[0] != n_lhs
                 or not np.array_equal(lhs_index, np.arange(n_lhs))):
             return super()._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index,
@@ -600,18 +636,30 @@ class _LaneFactorization(_HostFactorOnDemand):
                                      init_index, lhs_index, x)
 
 
-def _host_problem(coefficients, rhs, init, steps, private=True, **options):
+def _host_problem(coefficients, rhs, init, steps, private=True, defer_coefficients=False,
+                  **options):
     """Validate a full host problem (structure, then values); returns
     ``(lhs, rhs, init, batch)`` with the flattened left-hand side, rhs and init in the
     problem's dtype, and the full broadcast batch shape. ``private``: see
-    :class:`_LeftHandSide`."""
+    :class:`_LeftHandSide`.
+
+    ``defer_coefficients``: the finiteness of ``coefficients`` (the largest input) is not
+    checked here; returns ``(lhs, rhs, init, batch, check_coefficients)``, the last a
+    function that raises the check's ``ValueError`` (or returns), for the caller to run
+    before any solve kernel (the lane kernels' staging tests it on the way)."""
     arrays = _problem.host_inputs(rhs=rhs, coefficients=coefficients, steps=steps, init=init)
     problem = _problem.describe(**arrays, **options)
-    _problem.check_values(coefficients=arrays["coefficients"], steps=arrays["steps"],
-                          rhs=arrays["rhs"], init=arrays["init"])
+    values = dict(coefficients=arrays["coefficients"], steps=arrays["steps"],
+                  rhs=arrays["rhs"], init=arrays["init"])
+    if defer_coefficients:
+        deferred = values.pop("coefficients")
+    _problem.check_values(**values)
     lhs = _LeftHandSide(problem, arrays["coefficients"], arrays["steps"], private)
     rhs = arrays["rhs"].astype(problem.dtype, copy=False)
     init = arrays["init"].astype(problem.dtype, copy=False)
+    if defer_coefficients:
+        return lhs, rhs, init, problem.batch, lambda: _problem.check_values(
+            coefficients=deferred)
     return lhs, rhs, init, problem.batch
 
 
@@ -649,29 +697,43 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
     lane kernels (:mod:`bandsolve.cpu.lanes`), which keep no reusable factor
     (factorization and vjp are then None)."""
     check = host_check(check)
-    # a forward-only solve keeps nothing past the call: no private copies of the inputs
-    lhs, rhs, init, batch = _host_problem(coefficients, rhs, init, steps,
-                                          private=not forward_only, **options)
+    # a forward-only solve keeps nothing past the call: no private copies of the inputs;
+    # the lanes' kept factor keeps staged copies of its own (make_private otherwise)
+    lhs, rhs, init, batch, check_coefficients = _host_problem(
+        coefficients, rhs, init, steps, private=False, defer_coefficients=True, **options)
     _check_magnitudes(lhs)
     T = lhs.n_steps
     rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
     unscaled = _rhs_scale(lhs, rhs_flat, init_flat) == 1.0
     fused = batch == lhs.batch_shape and unscaled
+    in_lanes = fused and lanes.applies(lhs, math.prod(batch))
+    if not in_lanes:
+        check_coefficients()  # (the lane solve checks them as it stages them)
+    if not forward_only:  # (where the lanes keep their factor, they keep the coefficients)
+        lhs.make_private(coefficients=not in_lanes)
     if not fused and unscaled and lanes.applies_shared(lhs, math.prod(batch)):
         x, factorization = _shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat,
                                               init_index, lhs_index, batch, check)
         if forward_only:
             return _shape_solution(lhs, x, batch), None, None
     elif fused and forward_only and lanes.applies(lhs, math.prod(batch)):
-        x, info = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index)
+        x, info = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index,
+                                   check_coefficients=check_coefficients)
         if check:
             _raise_if_failed(info, lhs.batch_shape)
         return _shape_solution(lhs, x, batch), None, None
     elif fused and lanes.applies(lhs, math.prod(batch)):
         x, info, lane_factor = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat,
-                                                init_index, keep=True)
+                                                init_index, keep=True,
+                                                check_coefficients=check_coefficients)
         if check:
             _raise_if_failed(info, lhs.batch_shape)
+        # the lanes hold the coefficients staged: the private copy is rebuilt from them
+        # only when a host kernel needs it (lower(), new right-hand sides, failed systems)
+        # (the function must not hold lhs: a reference cycle would keep the factor's
+        # buffers from going back to the lanes' pool until the cyclic collector runs)
+        shape = lhs.flat_coefficients_shape
+        lhs.coefficients_from(lambda: lane_factor.coefficients().reshape(shape))
         factorization = _LaneFactorization(lhs, lane_factor, np.maximum(info, 0), check)
     elif fused:
         # one right-hand side per left-hand side: factor, solve and refine each system in

@@ -35,6 +35,7 @@ lane of a single group as wide as the batch), float64:
 """
 
 import math
+import re
 
 from .residual import FAILED, RUNNING
 
@@ -683,7 +684,10 @@ def _fused_solve(lay, parallel, step_offsets):
     Refinement stops per lane by ``kernels/residual.py::lane_refinement_step`` (the
     status ``(G, W)``: ``RUNNING`` becomes ``CONVERGED`` or ``FAILED``; lanes whose pivot
     test failed start ``FAILED``); the group stops when no lane is running.
-    ``solve_plain``: the same for the VJP's ``M y = extra`` with ``solve``'s factor."""
+    ``solve_plain``: the same for the VJP's ``M y = extra`` with ``solve``'s factor (y into
+    ``x``), then the group's gradient sums from ``xs`` (the forward solution) and y into
+    ``c_bar``, ``r_bar``, ``h_bar`` (``gradient``'s sweep, while the group's inputs, x and
+    y are in cache; where a lane's refinement failed the caller discards them)."""
     O = lay.O
     back = _BACK_OFFSETS
     first_backward = [line.replace("v[g, ", "x[g, ") for line in _backward_step(lay, False)]
@@ -761,7 +765,7 @@ def _fused_solve(lay, parallel, step_offsets):
             "@numba.njit(**_OPTIONS)",
             "def solve_plain(n_groups, T, coefficients, cs, rhs, rs, init, gs, n_init, steps, "
             "hs, pins, we2, ws, lower, x, scale, v, extra, stats, carry_z, carry_g, status, "
-            "previous, max_steps, first_limit):",
+            "previous, max_steps, first_limit, xs, c_bar, r_bar, h_bar):",
             f"    for g in {'numba.prange' if parallel else 'range'}(n_groups):"]
     # x = M^{-1} extra with the factor of solve (the VJP's second solve), then refined on
     # the plain system; every lane starts RUNNING
@@ -772,6 +776,11 @@ def _fused_solve(lay, parallel, step_offsets):
     out += zero("carry_z", 8)
     out += sweep("range(T - 1, -1, -1)", back, first_backward, 8)
     out += refinement(f"{RUNNING}", False)
+    # the gradient sums read the forward solution as xs and y (solved above) as x
+    gradient = [re.sub(r"\by\[g, ", "x[g, ", re.sub(r"\bx\[g, ", "xs[g, ", line))
+                for line in _gradient_step(lay)]
+    out += zero("c_bar", 8) + zero("r_bar", 8) + zero("h_bar", 8)
+    out += sweep("range(T)", step_offsets, gradient, 8)
     out += ["    return 0",
             ""]
     return out

@@ -20,6 +20,7 @@ so that Numba's disk cache keeps its compilation between processes
 
 import math
 import threading
+import weakref
 
 import numba
 import numpy as np
@@ -97,37 +98,49 @@ def _members(first, n_groups, width, n_systems):
 @jit_helper
 def _interleave(sources, rows, flat, out):
     """``out[k*W + w] = flat[rows[sources[w]], k]`` for the ``W`` lanes of one group:
-    rows of flat ``(R, K)`` interleaved into the lane layout ``out`` ``(K*W,)``."""
+    rows of flat ``(R, K)`` interleaved into the lane layout ``out`` ``(K*W,)``. Returns
+    the sum of ``0 * value`` over the values copied: 0 when all are finite, NaN as soon as
+    one is NaN or infinite (the finiteness test on the way, at no extra memory traffic;
+    sums of zeros cannot overflow)."""
     W, K = sources.shape[0], flat.shape[1]
+    finite = 0.0
     if W == 4:  # four explicit streams: ~2-4x the generic loop (one index per value)
         s0, s1 = flat[rows[sources[0]]], flat[rows[sources[1]]]
         s2, s3 = flat[rows[sources[2]]], flat[rows[sources[3]]]
         for k in range(K):
-            out[4 * k] = s0[k]
-            out[4 * k + 1] = s1[k]
-            out[4 * k + 2] = s2[k]
-            out[4 * k + 3] = s3[k]
-        return
+            a, b, c, d = s0[k], s1[k], s2[k], s3[k]
+            out[4 * k] = a
+            out[4 * k + 1] = b
+            out[4 * k + 2] = c
+            out[4 * k + 3] = d
+            finite += (a * 0.0 + b * 0.0) + (c * 0.0 + d * 0.0)
+        return finite
     for k in range(K):
         for w in range(W):
-            out[k * W + w] = flat[rows[sources[w]], k]
+            value = flat[rows[sources[w]], k]
+            out[k * W + w] = value
+            finite += value * 0.0
+    return finite
 
 
 @jit_kernel
 def _stage(members, with_lhs, n, coefficients, steps, rhs, rhs_index, init, init_index,
-           n_orders, n_init_steps, n_init_orders, c_l, r_l, g_l, h_l):
+           n_orders, n_init_steps, n_init_orders, c_l, r_l, g_l, h_l, c_finite):
     """Lane layout of the inputs of the groups of ``members`` ``(G, W)`` (the system of
     each lane): rhs ``(Br, Tr*E)`` (row ``rhs_index[b]`` for system ``b``) and initial
     values ``(Ti', n)`` (zero where nothing is pinned), and with ``with_lhs``
-    coefficients ``(B, Tc*E*n)`` and steps ``(B, Th')``, each into ``(G, K*W)``."""
+    coefficients ``(B, Tc*E*n)`` and steps ``(B, Th')``, each into ``(G, K*W)``;
+    ``c_finite[g]`` ``(G,)`` is 0 where group ``g``'s coefficients are all finite, NaN
+    where not."""
     W = members.shape[1]
     identity = np.arange(coefficients.shape[0])
     for gl in numba.prange(members.shape[0]):
         # lane-innermost: the writes are contiguous (each lane writing its own stride-W
         # slots in turn would bring every cache line in W times)
         systems = members[gl]
+        c_finite[gl] = 0.0
         if with_lhs:
-            _interleave(systems, identity, coefficients, c_l[gl])
+            c_finite[gl] = _interleave(systems, identity, coefficients, c_l[gl])
             _interleave(systems, identity, steps, h_l[gl])
         _interleave(systems, rhs_index, rhs, r_l[gl])
         for t in range(g_l.shape[1] // (n * W)):
@@ -140,29 +153,49 @@ def _stage(members, with_lhs, n, coefficients, steps, rhs, rhs_index, init, init
                                          if pinned else 0.0)
 
 
+@jit_helper
+def _unstage_group(m, src, out):
+    """``out[m[w], k] = src[k*W + w]``: one group's lanes ``src`` ``(K*W,)`` back into
+    the rows ``m`` ``(W,)`` of ``out`` ``(B, K)`` (padding lanes, which repeat the lane
+    before them, dropped)."""
+    W, K = m.shape[0], out.shape[1]
+    if W == 4 and m[0] != m[1] and m[1] != m[2] and m[2] != m[3]:
+        # four full lanes: four output streams (~3x the loop below)
+        o0, o1, o2, o3 = out[m[0]], out[m[1]], out[m[2]], out[m[3]]
+        for k in range(K):
+            o0[k] = src[4 * k]
+            o1[k] = src[4 * k + 1]
+            o2[k] = src[4 * k + 2]
+            o3[k] = src[4 * k + 3]
+        return
+    for w in range(W):
+        b = m[w]
+        if w == 0 or b != m[w - 1]:
+            for k in range(K):
+                out[b, k] = src[k * W + w]
+
+
 @jit_kernel
 def _unstage(members, lanes, out):
     """``out[b, k]`` ``(B, K)`` from the lane layout ``lanes[g, k*W + w]`` of the groups
     of ``members`` ``(G, W)`` (lane ``w`` of group ``g`` is system ``members[g, w]``;
     padding lanes, which repeat the lane before them, dropped)."""
-    W, K = members.shape[1], out.shape[1]
     for gl in numba.prange(lanes.shape[0]):
-        src = lanes[gl]
+        _unstage_group(members[gl], lanes[gl], out)
+
+
+@jit_kernel
+def _unstage_gradients(members, c_l, c_bar, r_l, r_bar, h_l, h_bar):
+    """:func:`_unstage` of the three gradient sums in one parallel launch (each launch
+    waits for every thread, milliseconds where another process holds a core); an empty
+    output (``(B, 0)``) is skipped."""
+    for gl in numba.prange(c_l.shape[0]):
         m = members[gl]
-        if W == 4 and m[0] != m[1] and m[1] != m[2] and m[2] != m[3]:
-            # four full lanes: four output streams (~3x the loop below)
-            o0, o1, o2, o3 = out[m[0]], out[m[1]], out[m[2]], out[m[3]]
-            for k in range(K):
-                o0[k] = src[4 * k]
-                o1[k] = src[4 * k + 1]
-                o2[k] = src[4 * k + 2]
-                o3[k] = src[4 * k + 3]
-            continue
-        for w in range(W):
-            b = m[w]
-            if w == 0 or b != m[w - 1]:
-                for k in range(K):
-                    out[b, k] = src[k * W + w]
+        _unstage_group(m, c_l[gl], c_bar)
+        if r_bar.shape[1]:
+            _unstage_group(m, r_l[gl], r_bar)
+        if h_bar.shape[1]:
+            _unstage_group(m, h_l[gl], h_bar)
 
 
 # Scratch of one batch of groups at most about this large (bytes; at least one group per
@@ -179,10 +212,52 @@ RETAIN_BYTES = 1 << 28
 _workspace = threading.local()
 
 
+# The arrays of a kept factor (``lane_solve(keep=True)``, the VJP's) go back to this pool
+# when their LaneFactor is garbage collected, and the next kept solve takes them: on the
+# benchmark machine fresh pages cost 0.2-1 ms per MB when first touched (B=64, T=1000 keeps
+# ~50 MB: 10-40 ms of page faults, more than the kernels that fill them), and whether
+# malloc hands back pages already touched depends on its history. At most this many bytes
+# wait in the pool.
+KEPT_POOL_BYTES = 1 << 29
+_kept_pool = []  # free float64 buffers (1-D)
+_kept_lock = threading.Lock()
+
+
 def release_scratch():
     """Free the scratch this thread keeps between lane solves (up to ``RETAIN_BYTES``
-    per buffer); the next solve allocates it again."""
+    per buffer) and the pool of buffers that kept factors gave back; the next solve
+    allocates them again."""
     _workspace.buffers = {}
+    with _kept_lock:
+        _kept_pool.clear()
+
+
+def _kept_array(shape, bases):
+    """A float64 array ``shape`` (contents undefined) for a kept factor: a pooled buffer
+    of at least its size (at most twice, the smallest such), else a new one; its buffer
+    is appended to ``bases`` (given back by :func:`_give_back`)."""
+    size = math.prod(shape)
+    buffer = None
+    with _kept_lock:
+        fits = [i for i, b in enumerate(_kept_pool) if size <= b.size <= 2 * size]
+        if fits:
+            buffer = _kept_pool.pop(min(fits, key=lambda i: _kept_pool[i].size))
+    if buffer is None:
+        buffer = np.empty(size)
+    bases.append(buffer)
+    return buffer[:size].reshape(shape)
+
+
+def _give_back(bases):
+    """Return the buffers of a collected factor to the pool (up to ``KEPT_POOL_BYTES``
+    in all; the rest is freed)."""
+    with _kept_lock:
+        held = sum(b.nbytes for b in _kept_pool)
+        for buffer in bases:
+            if held + buffer.nbytes <= KEPT_POOL_BYTES:
+                _kept_pool.append(buffer)
+                held += buffer.nbytes
+    bases.clear()
 
 
 def _scratch(name, shape):
@@ -212,12 +287,17 @@ def _decide(stats, n_orders, step, max_steps, first_limit, status, previous):
                                  first_limit, status[g], previous[g])
 
 
-def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
+def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
+               check_coefficients=None):
     """``(x, info)`` for a batch whose left-hand-side batch is the full batch: x
     ``(B, T, n)`` float64 (NaN for failed systems), info ``(B,)`` as the host kernel's.
 
     ``keep``: return ``(x, info, factor)``, with ``factor`` a :class:`LaneFactor` that
-    solves ``M y = ubar`` (the VJP's second solve) with the same lane factors."""
+    solves ``M y = ubar`` (the VJP's second solve) with the same lane factors.
+    ``check_coefficients``: the caller's finiteness check of the coefficients (raises
+    ``ValueError``), not run yet: it runs before any solve kernel, at once where the
+    inputs are staged in more than one batch or not at all, else only where the staging
+    found a value that is not finite (one pass over the coefficients fewer)."""
     O, Ti, Oi, we2, wi2, ws2, central = lhs.kernel_scalars()
     coefficients, steps = lhs.coefficients, lhs.steps
     B, Tc, E, n = coefficients.shape
@@ -250,19 +330,27 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
     # one lane per group: the lane layout of a system's inputs and solution is their own
     # layout, so the kernels read and write them in place (no staging copies)
     direct = W == 1 and rhs_flat.shape[0] == B and np.array_equal(rhs_index, np.arange(B))
+    if check_coefficients is not None and (direct or batch < n_groups):
+        check_coefficients()
+        check_coefficients = None
+    c_finite = np.empty(batch)
+    bases = []  # the kept factor's buffers (from the pool)
     for first in range(0, n_groups, batch):
         G = min(batch, n_groups - first)
         # (a kept factor keeps its own arrays, but v is a temporary of the solve)
-        a = {name: np.empty((G, size * W)) if keep and name != "v"
+        a = {name: _kept_array((G, size * W), bases) if keep and name != "v"
              else _scratch(name, (G, size * W)) for name, size in sizes.items()}
         if not Th:
             a["h"][:] = 0.0
         if direct:
             rows = slice(first, first + G)
-            a["c"] = coefficients[rows].reshape(G, -1)
-            a["r"] = rhs_flat[rows].reshape(G, -1)
+            # (a kept factor must not see later changes to the caller's arrays, which the
+            # left-hand side's may be: copies)
+            own = np.copy if keep else (lambda view: view)
+            a["c"] = own(coefficients[rows].reshape(G, -1))
+            a["r"] = own(rhs_flat[rows].reshape(G, -1))
             if Th:
-                a["h"] = steps[rows]
+                a["h"] = own(steps[rows])
             g = np.zeros((G, n_init, D, O))
             if Ti:
                 g[:, :Ti, :, :Oi] = init_flat[init_index[rows]]
@@ -274,7 +362,9 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
                                        coefficients.reshape(B, -1), steps,
                                        rhs_flat.reshape(rhs_flat.shape[0], -1), rhs_index,
                                        init_flat, init_index, O, Ti, Oi, a["c"], a["r"],
-                                       a["g"], a["h"])
+                                       a["g"], a["h"], c_finite[:G])
+            if check_coefficients is not None and not np.all(c_finite[:G] == 0.0):
+                check_coefficients()  # raises, naming the first value that is not finite
         status_out[first * W:(first + G) * W] = _solve_groups(
             mod, lay, G, T, W, a, strides, n_init, pins, we2, math.sqrt(ws2), O).reshape(-1)
         if not (direct and not keep):
@@ -298,7 +388,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False):
     if not keep:
         return x_out, info
     factor = LaneFactor(mod, lay, T, W, B, a, strides, n_init, pins, we2, math.sqrt(ws2),
-                        failed, sub_lower)
+                        failed, sub_lower, bases)
     return x_out, info, factor
 
 
@@ -345,11 +435,25 @@ class LaneFactor:
     """
 
     def __init__(self, mod, lay, n_steps, width, n_systems, arrays, strides, n_init, pins,
-                 we2, ws, failed, host_lower):
+                 we2, ws, failed, host_lower, bases):
         self._mod, self._lay, self._T, self._W, self._B = mod, lay, n_steps, width, n_systems
         self._a, self._strides, self._n_init, self._pins = arrays, strides, n_init, pins
+        # the pooled buffers behind the arrays, given back when this is collected; nothing
+        # outside this object holds a view of them
+        self._bases = bases
+        weakref.finalize(self, _give_back, bases)
         self._weights = (we2, ws)
         self.failed, self.host_lower = failed, host_lower
+
+    def coefficients(self):
+        """The staged coefficients back in the systems' layout ``(B, Tc*E*n)`` (a new
+        array; a copy of the solve's inputs that later changes to the caller's do not
+        reach)."""
+        c_l = self._a["c"]
+        out = np.empty((self._B, c_l.shape[1] // self._W))
+        G = c_l.shape[0]
+        _unstage.for_batch(self._B, self._T)(_members(0, G, self._W, self._B), c_l, out)
+        return out
 
     def lower(self):
         """The factor ``L`` of every system, ``(B, T, 2, n, n)`` (host block layout:
@@ -379,13 +483,20 @@ class LaneFactor:
         e_l = _scratch("extra", (G, T * n * W))
         _to_lanes.for_batch(G * W, T)(extra, _members(0, G, W, self._B), e_l)
         inputs = _kernel_inputs(a, st, self._n_init, self._pins, *self._weights)
-        y = np.empty((G, T * n * W))  # kept for gradients()
+        y = _scratch("y", (G, T * n * W))
+        self._drop_sums()  # the last solve's sums are replaced
+        # the gradient sums, shaped like the staged coefficients, rhs and steps; kept for
+        # gradients() in pooled buffers (given back there)
+        bases = []
+        self._sums = [_kept_array(a[k].shape, bases) for k in ("c", "r", "h")]
+        self._sum_bases = bases
         status = np.empty((G, W), dtype=np.int64)
-        # y = M^{-1} extra, refined, each group in turn (the generated solve_plain)
+        # y = M^{-1} extra, refined, then the gradient sums from x and y, each group in
+        # turn (the generated solve_plain)
         mod.solve_plain(G, T, *inputs, a["lower"], y, a["scale"], _scratch("v", (G, T * n * W)),
                         e_l, np.empty((G, (3 * lay.O + 1) * W)), np.empty((G, n * W)),
                         np.empty((G, n * W)), status, np.empty((G, W)), QR_MAX_STEPS,
-                        math.inf)
+                        math.inf, a["x"], *self._sums)
         ok = status.reshape(-1)[:self._B] == CONVERGED
         ok[self.failed] = False
         redo = np.array(extra[~ok])
@@ -395,26 +506,28 @@ class LaneFactor:
                                      target.reshape(self._B, -1))
         if target is not out:
             out[...] = target
-        self._y = y  # for gradients(): y in the lanes' layout
         return ok, redo
+
+    def _drop_sums(self):
+        """Give the buffers of the last solve's gradient sums back to the pool."""
+        if getattr(self, "_sums", None) is not None:
+            _give_back(self._sum_bases)
+            self._sums = None
 
     def gradients(self, coefficients_bar, rhs_bar, steps_bar):
         """The VJP's per-system sums from the kept solution ``x`` and the last
-        :meth:`solve`'s ``y`` into coefficients_bar ``(B, Tc, E, n)``, rhs_bar
-        ``(B, Tr, E)`` and steps_bar ``(B, Th)`` (as the host's ``gradient_kernel``)."""
-        a, st, W, G = self._a, self._strides, self._W, self._a["lower"].shape[0]
-        inputs = _kernel_inputs(a, st, self._n_init, self._pins, *self._weights)
-        outs = []
-        for name, array in (("c_bar", coefficients_bar), ("r_bar", rhs_bar),
-                            ("h_bar", steps_bar)):
-            lane = _scratch(name, (G, max(1, math.prod(array.shape[1:])) * W))
-            lane[:] = 0.0  # the kernel accumulates (inputs broadcast in time sum)
-            outs.append(lane)
-        self._mod.gradient(G, self._T, *inputs, a["x"], self._y, *outs)
-        for lane, array in zip(outs, (coefficients_bar, rhs_bar, steps_bar)):
-            if array.size:
-                _unstage.for_batch(self._B, self._T)(_members(0, G, W, self._B), lane,
-                                                     array.reshape(self._B, -1))
+        :meth:`solve`'s ``y`` (formed by that solve, as the host's ``gradient_kernel``
+        does) into coefficients_bar ``(B, Tc, E, n)``, rhs_bar ``(B, Tr, E)`` and
+        steps_bar ``(B, Th)``; once per solve."""
+        if getattr(self, "_sums", None) is None:
+            raise RuntimeError("LaneFactor.gradients needs a solve() before it")
+        G, W = self._a["lower"].shape[0], self._W
+        flat = [array.reshape(self._B, math.prod(array.shape[1:]))
+                for array in (coefficients_bar, rhs_bar, steps_bar)]
+        sums = self._sums
+        _unstage_gradients.for_batch(self._B, self._T)(
+            _members(0, G, W, self._B), sums[0], flat[0], sums[1], flat[1], sums[2], flat[2])
+        self._drop_sums()
 
 
 class _WithMap:
@@ -488,7 +601,7 @@ def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index
     _stage.for_batch(G * W, T)(members, False, n, c1, steps,
                                rhs_flat.reshape(rhs_flat.shape[0], -1), rhs_index,
                                init_flat, init_index, O, Ti, Oi, np.empty((G, 0)), r_l,
-                               g_l, np.empty((G, 0)))
+                               g_l, np.empty((G, 0)), np.empty(G))
     inputs = (c1, cs, r_l, U(E * W if Tr > 1 else 0), g_l, U(n * W), n_init, h1, hs, pins,
               we2, ws)
     # x = M^{-1} b: the least-squares residual of x = 0 is b
