@@ -188,6 +188,27 @@ def test_ill_conditioned_lane_is_retried_sequentially(lane_statuses):
         assert max(errors) <= 100 * EPS * ref.cond, (b, errors, ref.cond)
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_check_true_skips_the_retry_path_when_every_lane_converged(lane_statuses,
+                                                                    monkeypatch, check):
+    """``check=True`` synchronises anyway: it reads the lanes' status and launches none of
+    the retry path's kernels where every lane converged; ``check=False`` never
+    synchronises, so the retry path is launched (and does nothing). Same answers."""
+    from bandsolve.gpu import driver
+
+    retries = []
+    real = driver._retry_lanes
+    monkeypatch.setattr(driver, "_retry_lanes",
+                        lambda *args: retries.append(1) or real(*args))
+    problem = make_problem(34, batch=(5,), T=4, E=2, D=2, O=2)
+    u = _solve_on_device(problem, check=check)
+    assert lane_statuses and np.all(lane_statuses[0] == CONVERGED)
+    assert retries == ([] if check else [1])
+    ref, cond = oracle_solve(*problem)
+    for b in range(5):
+        assert max(order_errors(u[b], ref[b])) <= _tolerance(cond[b])
+
+
 def test_rank_deficient_lane_is_named(lane_statuses):
     """System 3 has zero coefficients and no initial values: its straight lines are free."""
     c, r, g, h = make_problem(33, batch=(5,), T=5, E=2, D=1, O=2, Ti=1, Oi=2)

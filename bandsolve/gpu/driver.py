@@ -500,17 +500,26 @@ def _solve_inputs(device, lhs, rhs, init, batch):
     return rhs_flat, init_flat, shape, strides
 
 
-def _lane_solve(device, lhs, rhs, init, batch, with_vjp):
+def _lane_solve(device, lhs, rhs, init, batch, with_vjp, check=False):
     """``smnn_solve`` (``with_vjp=False``: returns ``(u, status)``) and ``smnn_solve_vjp``
     (``(u, vjp, status)``) by the generated thread-per-system kernels (``lane_solve``
     module docstring). The systems whose lane failed are factored again by the sequential
     block kernels (row-QR fallback included) and solved from zero, as the
-    parallel-in-time factorisation retries its failures; all decided on the device."""
+    parallel-in-time factorisation retries its failures; all decided on the device.
+
+    ``check`` (the caller synchronises anyway): ``smnn_solve`` reads the lanes' status
+    first (one synchronisation) and, where every lane converged, launches none of the
+    retry path's ~30 kernels (each of which would return at once)."""
     B, T, n = math.prod(batch), lhs.n_steps, lhs.block_size
     rhs_flat, init_flat, shape, strides = _solve_inputs(device, lhs, rhs, init, batch)
     x_user, x = device.empty((B, T, n), COMPUTE)
     lanes, lanes_status = lane_solve.solve_lanes(device, lhs, rhs_flat, init_flat, shape,
                                                  strides, x)
+    if check and not with_vjp and lane_solve.all_converged(device, lanes_status):
+        info_user, info = arrays.zeros(device, (B,), np.int64)
+        u = _to_user(device, x_user, x, lhs.dtype).reshape(batch + (T, lhs.n_dims,
+                                                                     lhs.n_orders))
+        return u, Status(info_user, info, lhs.batch_shape, device)
     info_user, info = device.empty((B,), np.int64)
     lower, sequential, state, applied, last = lane_solve.retry_plan(
         device, B, T, n, lhs.bandwidth, lanes_status, info)
@@ -719,7 +728,7 @@ def solve(coefficients, rhs, init, steps, *, n_steps, weight_equation, weight_in
     resolved = _resolve_algorithm(algorithm, lhs, math.prod(batch))
     if algorithm == "auto" and resolved == "thread" and lane_solve.applies(lhs,
                                                                            math.prod(batch)):
-        *result, status = _lane_solve(device, lhs, r, g, batch, with_vjp)
+        *result, status = _lane_solve(device, lhs, r, g, batch, with_vjp, check)
         if check:
             status.check()
         return tuple(result) if with_vjp else result[0]

@@ -14,7 +14,9 @@ of ``bandsolve/cpu/lanes/solve.py``, decided on the device without synchronising
 5. the systems whose lane failed (pivot test or refinement) are factored again by the
    sequential block kernels with their row-QR fallback and solved and refined from zero
    (the retry of the parallel-in-time factorisation); where no lane failed, those
-   kernels return at once (about 30 launches that do nothing).
+   kernels return at once (about 30 launches that do nothing), and ``smnn_solve`` with
+   ``check=True``, which synchronises anyway, reads the lanes' status first and does not
+   launch them (:func:`all_converged`).
 
 Taken by ``smnn_solve`` on device arrays with ``algorithm="auto"`` for one right-hand
 side per system, forward smoothness, ``n <= codegen.MAX_BLOCK``, ``E >= 1`` and at least
@@ -30,7 +32,7 @@ from numba import cuda
 from ..kernels import codegen
 from ..kernels.banded import CHOLESKY_PIVOT_TOL, diagonal_of_product
 from ..kernels.residual import CHOLESKY_FIRST_CORRECTION, CHOLESKY_MAX_STEPS, CONVERGED
-from . import config, partitioned, refine
+from . import arrays, config, partitioned, refine
 from ._runtime import device_function
 from .arrays import source_row
 from .lanes import kernels
@@ -278,6 +280,14 @@ def solve_lanes(device, lhs, rhs_flat, init_flat, shape, strides, x):
     status = factor._refine(device, x_l, None, CHOLESKY_MAX_STEPS, CHOLESKY_FIRST_CORRECTION)
     device.launch(unstage_kernel, B * T, x_l, x)
     return factor, status
+
+
+def all_converged(device, status):
+    """Whether every lane's status ``(B,)`` is ``CONVERGED`` (copies it to the host:
+    synchronises the stream)."""
+    host = status.copy_to_host(stream=device.stream)
+    arrays.synchronize(device)
+    return bool(np.all(host == CONVERGED))
 
 
 def retry_plan(device, B, T, n, bandwidth, status, info):
