@@ -128,19 +128,51 @@ def test_one_lane_build_for_small_batches(lane_calls, batch, shared):
     _check_against_lstsq(problem, {}, u)
 
 
-def test_weights_and_float32(lane_calls):
+@pytest.mark.parametrize("batch", [BATCH, (2,)])
+def test_weights_and_float32(lane_calls, batch):
+    """float32 inputs are staged without a float64 copy (``(2,)``: the one-lane build
+    reads a float64 cast in place); both give the float64 solution of the float32 values."""
     options = dict(weight_equation=0.5, weight_init=3.0, weight_smooth=2.0)
-    problem = make_problem(4, batch=BATCH, T=6, **SHAPE)
+    problem = make_problem(4, batch=batch, T=6, **SHAPE)
     u = bandsolve.smnn_solve(*problem, **options)
     _check_against_lstsq(problem, options, u)
     u32 = bandsolve.smnn_solve(*(a.astype(np.float32) for a in problem), **options)
     assert u32.dtype == np.float32
     ref, _ = oracle_solve(*(a.astype(np.float32).astype(np.float64) for a in problem),
                           **options)
-    for idx in np.ndindex(BATCH):
+    for idx in np.ndindex(batch):
         # computed in float64 from the float32 inputs: only the final rounding to float32
         assert max(order_errors(u32[idx], ref[idx])) <= 4 * np.finfo(np.float32).eps
     assert len(lane_calls) == 2 and not lane_calls.fallbacks
+
+
+def test_float32_failures_and_vjp(lane_calls):
+    """float32 inputs on the paths that need the float64 cast later: a rank-deficient
+    system re-solved by the host kernel (named; NaN with check=False), and the VJP,
+    whose gradients are the float64 ones of the float32 values, rounded to float32."""
+    c, r, g, h = (a.astype(np.float32) for a in make_problem(15, batch=BATCH, T=6, **SHAPE,
+                                                             Ti=1, Oi=2))
+    wide = [a.astype(np.float64) for a in (c, r, g, h)]
+    ubar = np.random.default_rng(6).standard_normal((BATCH[0], 6, SHAPE["D"], SHAPE["O"]))
+    u, vjp = bandsolve.smnn_solve_vjp(c, r, g, h)
+    u64, vjp64 = bandsolve.smnn_solve_vjp(*wide)
+    assert u.dtype == np.float32
+    np.testing.assert_allclose(u, u64, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    for got, want in zip(vjp(ubar.astype(np.float32)), vjp64(ubar.astype(np.float32))):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=4 * np.finfo(np.float32).eps,
+                                   atol=4 * np.finfo(np.float32).eps * np.abs(want).max())
+    assert not lane_calls.fallbacks
+    c[3] = 0.0
+    g = np.ascontiguousarray(g[..., :0])  # no initial values: system 3's lines are free
+    c[:, 0] += 1.0
+    with pytest.raises(bandsolve.FactorizationError, match=r"batch index \(3,\)"):
+        bandsolve.smnn_solve(c, r, g, h)
+    u = bandsolve.smnn_solve(c, r, g, h, check=False)
+    assert np.all(np.isnan(u[3])) and lane_calls.fallbacks == [1, 1]
+    keep = [0, 1, 2, 4]
+    ref = bandsolve.smnn_solve(*(a[keep].astype(np.float64) for a in (c, r, g, h)))
+    np.testing.assert_allclose(u[keep], ref, rtol=4 * np.finfo(np.float32).eps, atol=0)
 
 
 def test_ill_conditioned_systems_are_refined(lane_calls):

@@ -87,9 +87,18 @@ class _LeftHandSide:
         # (n_lhs, Tc, E, n): what the kernels read
         self.flat_coefficients_shape = (n_lhs, coefficients.shape[-4], self.n_equations,
                                         self.block_size)
-        self.coefficients = _lhs_array(
-            coefficients, self.batch_shape + coefficients.shape[-4:], private,
-        ).reshape(self.flat_coefficients_shape)
+        full_shape = self.batch_shape + coefficients.shape[-4:]
+        if (not private and coefficients.dtype == np.float32
+                and coefficients.shape == full_shape and coefficients.flags.c_contiguous):
+            # float32 coefficients of the full batch stay as they are until a float64
+            # kernel reads them (cast then); the lane kernels stage them without the cast
+            raw = coefficients.reshape(self.flat_coefficients_shape)
+            self.coefficients_from(lambda: raw.astype(COMPUTE_DTYPE))
+            self.raw_coefficients = raw
+        else:
+            self.coefficients = _lhs_array(coefficients, full_shape, private
+                                           ).reshape(self.flat_coefficients_shape)
+            self.raw_coefficients = self.coefficients
         self.steps = _lhs_array(steps, self.batch_shape + steps.shape[-1:], private
                                 ).reshape(n_lhs, steps.shape[-1])
         self._callers = (coefficients, steps)  # (make_private: are these still theirs?)
@@ -99,7 +108,9 @@ class _LeftHandSide:
     @property
     def coefficients(self):
         """``(n_lhs, Tc, E, n)`` float64 (rebuilt by the function given to
-        :meth:`coefficients_from` if it was dropped)."""
+        :meth:`coefficients_from` if it was dropped). ``raw_coefficients``: the same
+        values, possibly still float32 and the caller's array (what the lane kernels
+        stage; None once dropped)."""
         if self._coefficients is None:
             self._coefficients = self._restore_coefficients()
         return self._coefficients
@@ -113,8 +124,12 @@ class _LeftHandSide:
         the caller's arrays (built with ``private=False``), so that later changes to
         those do not reach this object."""
         callers = self._callers
-        if coefficients and np.may_share_memory(self._coefficients, callers[0]):
+        if coefficients and self._coefficients is None:
+            self.coefficients = self.coefficients  # (a new float64 array, cast on demand)
+        elif coefficients and np.may_share_memory(self._coefficients, callers[0]):
             self._coefficients = self._coefficients.copy()
+        if coefficients:
+            self.raw_coefficients = self._coefficients
         if np.may_share_memory(self.steps, callers[1]):
             self.steps = self.steps.copy()
 
@@ -123,6 +138,7 @@ class _LeftHandSide:
         ``(n_lhs, Tc, E, n)``) when something reads them. For a factorisation whose kernels
         keep a private copy of their own (the lanes' staged one): no second copy."""
         self._coefficients, self._restore_coefficients = None, restore
+        self.raw_coefficients = None
 
     @property
     def bandwidth(self):

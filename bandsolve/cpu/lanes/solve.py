@@ -299,8 +299,8 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
     inputs are staged in more than one batch or not at all, else only where the staging
     found a value that is not finite (one pass over the coefficients fewer)."""
     O, Ti, Oi, we2, wi2, ws2, central = lhs.kernel_scalars()
-    coefficients, steps = lhs.coefficients, lhs.steps
-    B, Tc, E, n = coefficients.shape
+    steps = lhs.steps
+    B, Tc, E, n = lhs.flat_coefficients_shape
     T, D = lhs.n_steps, n // O
     W = lane_width(B)
     mod = kernels(D, O, E, W)
@@ -330,6 +330,9 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
     # one lane per group: the lane layout of a system's inputs and solution is their own
     # layout, so the kernels read and write them in place (no staging copies)
     direct = W == 1 and rhs_flat.shape[0] == B and np.array_equal(rhs_index, np.arange(B))
+    # staging reads float32 coefficients as they are (no separate cast pass); the kernels
+    # reading in place (direct) and the host kernel of failed systems read float64
+    coefficients = lhs.coefficients if direct else lhs.raw_coefficients
     if check_coefficients is not None and (direct or batch < n_groups):
         check_coefficients()
         check_coefficients = None
@@ -380,7 +383,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
         sub_x = np.empty((failed.size, T, n))
         sub_index = np.arange(failed.size)
         accurate_factor_solve_kernel.for_batch(failed.size, T)(
-            coefficients[failed], steps[failed],
+            lhs.coefficients[failed], steps[failed],
             rhs_flat[rhs_index[failed]], sub_index, init_flat[init_index[failed]], sub_index,
             O, Ti, Oi, we2, wi2, ws2, central, sub_lower, sub_info, sub_x)
         x_out[failed] = sub_x
