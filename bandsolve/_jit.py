@@ -64,11 +64,17 @@ def jit_helper(func):
     return _njit(func, inline="always")
 
 
-def jit_reduction(func):
+def jit_reduction(func, parallel=False):
     """Compile a reduction loop that LLVM may vectorise: the only fast-math flag is the
     reassociation of the sum (``fastmath={"reassoc"}``), so NaN and Inf keep their
-    meaning (the flags that drop them are never set)."""
-    return _njit(func, fastmath={"reassoc"})
+    meaning (the flags that drop them are never set). ``parallel``: its ``prange`` loops
+    run threaded (for passes over large inputs)."""
+    return _njit(func, fastmath={"reassoc"}, parallel=parallel)
+
+
+def jit_parallel_reduction(func):
+    """:func:`jit_reduction` with threaded ``prange`` loops."""
+    return jit_reduction(func, parallel=True)
 
 
 class BatchKernel:

@@ -112,11 +112,11 @@ def check_finite(name, array):
     """``ValueError`` if ``array`` holds NaN or Inf, naming the first bad position."""
     if (array.dtype.kind == "f" and array.size >= _FAST_TEST_SIZE
             and array.flags.c_contiguous):
-        from .kernels.finite import all_finite
+        from .kernels.finite import all_finite_any_size
 
         # no boolean temporary (and no BLAS call, whose threads keep spinning after it
         # and slow the kernels' own threads on a small machine)
-        if all_finite(array.reshape(-1)):
+        if all_finite_any_size(array.reshape(-1)):
             return
     finite = np.isfinite(array)
     if not finite.all():

@@ -7,6 +7,7 @@ from the independently written rows, to rounding: entries are sums of a few prod
 O(1) numbers, so ``1e-12`` relative to the largest entry is ample.
 """
 
+import numba
 import numpy as np
 import pytest
 
@@ -118,3 +119,20 @@ def test_relative_correction_in_one_span_and_in_several(case):
     assert relative_correction_of(total, O) == expected
     if case == "invisible":
         assert expected < 1e-3  # order 2's huge relative correction was ignored
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 3 * (1 << 17) + 5, -1])
+def test_threaded_input_passes_match_numpy(bad, where):
+    """The threaded finiteness test and the temporary-free max |x| (large inputs:
+    ``finite._threaded``) against NumPy, with the bad value in the first, a middle and the
+    last chunk."""
+    from bandsolve.kernels import finite
+
+    flat = np.random.default_rng(1).standard_normal(8 * finite.CHUNK + 12345)
+    flat[7] = -9.5  # the largest magnitude, far from the bad value
+    assert finite._threaded(flat) or numba.get_num_threads() == 1
+    assert finite.max_abs(flat) == np.max(np.abs(flat)) == 9.5
+    if bad is not None:
+        flat[where] = bad
+    assert finite.all_finite_any_size(flat) == bool(np.all(np.isfinite(flat)))

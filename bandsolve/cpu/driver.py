@@ -23,6 +23,7 @@ from .accurate import (
     qr_factor_kernel,
     refined_solve_kernel,
 )
+from ..kernels.finite import max_abs
 from .lanes import solve as lanes
 from .smnn import assemble_kernel, assemble_rhs_kernel, gradient_kernel
 
@@ -252,7 +253,7 @@ def _rhs_scale(lhs, rhs_flat, init_flat):
     exponent = -math.inf  # log2 of the largest weighted entry (w * |value| may overflow)
     for weight, values in ((we, rhs_flat), (wi, init_flat)):
         if values.size:
-            largest = float(np.max(np.abs(values)))
+            largest = max_abs(values.reshape(-1))
             if largest > 0.0:
                 exponent = max(exponent, math.log2(weight) + math.log2(largest))
     if exponent <= 400:

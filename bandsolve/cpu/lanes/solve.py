@@ -96,42 +96,52 @@ def _members(first, n_groups, width, n_systems):
 
 
 @jit_helper
-def _interleave(sources, rows, flat, out):
+def _interleave(sources, rows, flat, out, check):
     """``out[k*W + w] = flat[rows[sources[w]], k]`` for the ``W`` lanes of one group:
-    rows of flat ``(R, K)`` interleaved into the lane layout ``out`` ``(K*W,)``. Returns
-    the sum of ``0 * value`` over the values copied: 0 when all are finite, NaN as soon as
-    one is NaN or infinite (the finiteness test on the way, at no extra memory traffic;
-    sums of zeros cannot overflow)."""
+    rows of flat ``(R, K)`` interleaved into the lane layout ``out`` ``(K*W,)``. With
+    ``check``, returns the sum of ``0 * value`` over the values copied: 0 when all are
+    finite, NaN as soon as one is NaN or infinite (the finiteness test on the way, at no
+    extra memory traffic; sums of zeros cannot overflow); else 0."""
     W, K = sources.shape[0], flat.shape[1]
     finite = 0.0
     if W == 4:  # four explicit streams: ~2-4x the generic loop (one index per value)
         s0, s1 = flat[rows[sources[0]]], flat[rows[sources[1]]]
         s2, s3 = flat[rows[sources[2]]], flat[rows[sources[3]]]
+        if check:
+            # (one loop per case: the sum's dependency chain in the plain copy slowed
+            # it ~2x)
+            for k in range(K):
+                a, b, c, d = s0[k], s1[k], s2[k], s3[k]
+                out[4 * k] = a
+                out[4 * k + 1] = b
+                out[4 * k + 2] = c
+                out[4 * k + 3] = d
+                finite += (a * 0.0 + b * 0.0) + (c * 0.0 + d * 0.0)
+            return finite
         for k in range(K):
-            a, b, c, d = s0[k], s1[k], s2[k], s3[k]
-            out[4 * k] = a
-            out[4 * k + 1] = b
-            out[4 * k + 2] = c
-            out[4 * k + 3] = d
-            finite += (a * 0.0 + b * 0.0) + (c * 0.0 + d * 0.0)
+            out[4 * k] = s0[k]
+            out[4 * k + 1] = s1[k]
+            out[4 * k + 2] = s2[k]
+            out[4 * k + 3] = s3[k]
         return finite
     for k in range(K):
         for w in range(W):
             value = flat[rows[sources[w]], k]
             out[k * W + w] = value
-            finite += value * 0.0
+            if check:
+                finite += value * 0.0
     return finite
 
 
 @jit_kernel
 def _stage(members, with_lhs, n, coefficients, steps, rhs, rhs_index, init, init_index,
-           n_orders, n_init_steps, n_init_orders, c_l, r_l, g_l, h_l, c_finite):
+           n_orders, n_init_steps, n_init_orders, c_l, r_l, g_l, h_l, check, c_finite):
     """Lane layout of the inputs of the groups of ``members`` ``(G, W)`` (the system of
     each lane): rhs ``(Br, Tr*E)`` (row ``rhs_index[b]`` for system ``b``) and initial
     values ``(Ti', n)`` (zero where nothing is pinned), and with ``with_lhs``
-    coefficients ``(B, Tc*E*n)`` and steps ``(B, Th')``, each into ``(G, K*W)``;
-    ``c_finite[g]`` ``(G,)`` is 0 where group ``g``'s coefficients are all finite, NaN
-    where not."""
+    coefficients ``(B, Tc*E*n)`` and steps ``(B, Th')``, each into ``(G, K*W)``; with
+    ``check``, ``c_finite[g]`` ``(G,)`` is 0 where group ``g``'s coefficients are all
+    finite, NaN where not (else 0)."""
     W = members.shape[1]
     identity = np.arange(coefficients.shape[0])
     for gl in numba.prange(members.shape[0]):
@@ -140,9 +150,9 @@ def _stage(members, with_lhs, n, coefficients, steps, rhs, rhs_index, init, init
         systems = members[gl]
         c_finite[gl] = 0.0
         if with_lhs:
-            c_finite[gl] = _interleave(systems, identity, coefficients, c_l[gl])
-            _interleave(systems, identity, steps, h_l[gl])
-        _interleave(systems, rhs_index, rhs, r_l[gl])
+            c_finite[gl] = _interleave(systems, identity, coefficients, c_l[gl], check)
+            _interleave(systems, identity, steps, h_l[gl], False)
+        _interleave(systems, rhs_index, rhs, r_l[gl], False)
         for t in range(g_l.shape[1] // (n * W)):
             for k in range(n):
                 o = k % n_orders
@@ -365,7 +375,8 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
                                        coefficients.reshape(B, -1), steps,
                                        rhs_flat.reshape(rhs_flat.shape[0], -1), rhs_index,
                                        init_flat, init_index, O, Ti, Oi, a["c"], a["r"],
-                                       a["g"], a["h"], c_finite[:G])
+                                       a["g"], a["h"], check_coefficients is not None,
+                                       c_finite[:G])
             if check_coefficients is not None and not np.all(c_finite[:G] == 0.0):
                 check_coefficients()  # raises, naming the first value that is not finite
         status_out[first * W:(first + G) * W] = _solve_groups(
@@ -604,7 +615,7 @@ def shared_lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, lhs_index
     _stage.for_batch(G * W, T)(members, False, n, c1, steps,
                                rhs_flat.reshape(rhs_flat.shape[0], -1), rhs_index,
                                init_flat, init_index, O, Ti, Oi, np.empty((G, 0)), r_l,
-                               g_l, np.empty((G, 0)), np.empty(G))
+                               g_l, np.empty((G, 0)), False, np.empty(G))
     inputs = (c1, cs, r_l, U(E * W if Tr > 1 else 0), g_l, U(n * W), n_init, h1, hs, pins,
               we2, ws)
     # x = M^{-1} b: the least-squares residual of x = 0 is b
