@@ -265,7 +265,8 @@ def _rhs_scale(lhs, rhs_flat, init_flat):
 
 
 def _shape_solution(lhs, x, batch):
-    """x ``(B, T, n)`` float64 -> ``u`` ``(*batch, T, D, O)`` in the problem's dtype."""
+    """x ``(B, T, n)`` (float64, or the problem's dtype already) -> ``u`` ``(*batch, T, D, O)``
+    in the problem's dtype."""
     return x.reshape(batch + (lhs.n_steps, lhs.n_dims, lhs.n_orders)).astype(
         lhs.dtype, copy=False)
 
@@ -735,7 +736,8 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
             return _shape_solution(lhs, x, batch), None, None
     elif fused and forward_only and lanes.applies(lhs, math.prod(batch)):
         x, info = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index,
-                                   check_coefficients=check_coefficients)
+                                   check_coefficients=check_coefficients,
+                                   out_dtype=lhs.dtype)
         if check:
             _raise_if_failed(info, lhs.batch_shape)
         return _shape_solution(lhs, x, batch), None, None

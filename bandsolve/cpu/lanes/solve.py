@@ -298,9 +298,11 @@ def _decide(stats, n_orders, step, max_steps, first_limit, status, previous):
 
 
 def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
-               check_coefficients=None):
+               check_coefficients=None, out_dtype=np.float64):
     """``(x, info)`` for a batch whose left-hand-side batch is the full batch: x
-    ``(B, T, n)`` float64 (NaN for failed systems), info ``(B,)`` as the host kernel's.
+    ``(B, T, n)`` (NaN for failed systems; computed in float64, written in ``out_dtype``,
+    float32 without a float64 copy of the whole solution), info ``(B,)`` as the host
+    kernel's.
 
     ``keep``: return ``(x, info, factor)``, with ``factor`` a :class:`LaneFactor` that
     solves ``M y = ubar`` (the VJP's second solve) with the same lane factors.
@@ -335,11 +337,13 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
     pins = pins.reshape(-1)
     strides = dict(cs=U(E * n * W if Tc > 1 else 0), rs=U(E * W if Tr > 1 else 0),
                    gs=U(n * W), hs=U(W if Th > 1 else 0))
-    x_out = np.empty((B, T, n))
+    x_out = np.empty((B, T, n), dtype=np.float64 if keep else out_dtype)
     status_out = np.empty(n_groups * W, dtype=np.int64)
     # one lane per group: the lane layout of a system's inputs and solution is their own
     # layout, so the kernels read and write them in place (no staging copies)
     direct = W == 1 and rhs_flat.shape[0] == B and np.array_equal(rhs_index, np.arange(B))
+    # (the one-lane build writes a float64 solution in place)
+    in_place = direct and not keep and x_out.dtype == np.float64
     # staging reads float32 coefficients as they are (no separate cast pass); the kernels
     # reading in place (direct) and the host kernel of failed systems read float64
     coefficients = lhs.coefficients if direct else lhs.raw_coefficients
@@ -368,7 +372,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
             if Ti:
                 g[:, :Ti, :, :Oi] = init_flat[init_index[rows]]
             a["g"] = g.reshape(G, -1)
-            if not keep:  # (a kept factor keeps its own solution)
+            if in_place:  # (a kept factor keeps its own solution)
                 a["x"] = x_out[rows].reshape(G, -1)
         else:
             _stage.for_batch(G * W, T)(_members(first, G, W, B), True, n,
@@ -381,7 +385,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
                 check_coefficients()  # raises, naming the first value that is not finite
         status_out[first * W:(first + G) * W] = _solve_groups(
             mod, lay, G, T, W, a, strides, n_init, pins, we2, math.sqrt(ws2), O).reshape(-1)
-        if not (direct and not keep):
+        if not in_place:
             _unstage.for_batch(G * W, T)(_members(first, G, W, B), a["x"],
                                          x_out.reshape(B, -1))
 
