@@ -23,7 +23,7 @@ from .accurate import (
     qr_factor_kernel,
     refined_solve_kernel,
 )
-from ..kernels.finite import max_abs
+from ..kernels.finite import finite_rows, max_abs
 from .lanes import solve as lanes
 from .smnn import assemble_kernel, assemble_rhs_kernel, gradient_kernel
 
@@ -507,13 +507,16 @@ central_smoothness=False, dtype=float64)
         except ValueError:
             raise ValueError(f"ubar must have the shape of u, {u_shape}; "
                              f"got {ubar.shape}") from None
-        ubar = np.array(ubar, dtype=COMPUTE_DTYPE, order="C").reshape(x.shape)
+        # y = M^{-1} ubar in place, refined like the forward solve (residual ubar - A^T A y),
+        # in the calling thread's reusable scratch: y is a temporary of this call (the
+        # gradients are new arrays), and a fresh u-sized array costs its page faults
+        y = lanes.scratch("vjp_y", x.shape)
+        np.copyto(y.reshape(u_shape), ubar)
         rhs_flat, rhs_index, init_flat, init_index, lhs_index = lhs.flat_rhs(rhs, init, batch)
-        # y = M^{-1} ubar in place, refined like the forward solve (residual ubar - A^T A y)
-        y = ubar
         status = self._refined(rhs_flat, rhs_index, init_flat, init_index, lhs_index, y,
-                               extra=ubar)
-        forward_failed = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+                               extra=y)
+        forward_failed = ~finite_rows(x) if x.flags.c_contiguous else (
+            ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1))
         if (status[~forward_failed] != 0).any():
             _raise_if_failed(np.where(forward_failed, 0, status), batch)
         y[forward_failed] = np.nan  # check=False: NaN gradients for the failed systems

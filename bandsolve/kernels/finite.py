@@ -72,3 +72,22 @@ def max_abs(flat):
     out = np.empty(math.ceil(flat.size / CHUNK))
     _chunk_max_abs(flat, out)
     return float(out.max())
+
+
+@jit_parallel_reduction
+def _row_sums_of_zeros(rows, out):
+    """``out[b]`` = the sum of ``x * 0`` over row ``b`` of ``rows`` ``(B, K)`` (threaded)."""
+    for b in numba.prange(rows.shape[0]):
+        total = 0.0
+        for k in range(rows.shape[1]):
+            total += rows[b, k] * 0.0
+        out[b] = total
+
+
+def finite_rows(rows):
+    """``(B,)`` bool: whether every entry of each row of the C-contiguous ``rows``
+    ``(B, ...)`` is finite (threaded, no boolean array of their size)."""
+    flat = rows.reshape(rows.shape[0], -1)
+    sums = np.empty(flat.shape[0])
+    _row_sums_of_zeros(flat, sums)
+    return sums == 0.0

@@ -270,8 +270,9 @@ def _give_back(bases):
     bases.clear()
 
 
-def _scratch(name, shape):
-    """A reusable float64 array ``shape`` (contents undefined), one per calling thread."""
+def scratch(name, shape):
+    """A reusable float64 array ``shape`` (contents undefined), one per calling thread and
+    ``name``: valid until the next call with the same name in this thread."""
     size = math.prod(shape)
     buffers = getattr(_workspace, "buffers", None)
     if buffers is None:
@@ -356,7 +357,7 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
         G = min(batch, n_groups - first)
         # (a kept factor keeps its own arrays, but v is a temporary of the solve)
         a = {name: _kept_array((G, size * W), bases) if keep and name != "v"
-             else _scratch(name, (G, size * W)) for name, size in sizes.items()}
+             else scratch(name, (G, size * W)) for name, size in sizes.items()}
         if not Th:
             a["h"][:] = 0.0
         if direct:
@@ -412,16 +413,12 @@ def lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index, keep=False,
 
 @jit_kernel
 def _to_lanes(values, members, out):
-    """Lane layout ``(G, T*n*W)`` of values ``(B, T, n)``, lane ``w`` of group ``g``
-    holding system ``members[g, w]``."""
-    n_steps, n = values.shape[1], values.shape[2]
-    W = members.shape[1]
+    """Lane layout ``(G, K*W)`` of the rows of values ``(B, K)``, lane ``w`` of group
+    ``g`` holding system ``members[g, w]`` (the staging's interleave: lane-innermost
+    writes, four read streams)."""
+    identity = np.arange(values.shape[0])
     for gl in numba.prange(out.shape[0]):
-        for w in range(W):
-            b = members[gl, w]
-            for t in range(n_steps):
-                for k in range(n):
-                    out[gl, (t * n + k) * W + w] = values[b, t, k]
+        _interleave(members[gl], identity, values, out[gl], False)
 
 
 @jit_kernel
@@ -498,10 +495,11 @@ class LaneFactor:
         mod, lay, T, W = self._mod, self._lay, self._T, self._W
         a, st = self._a, self._strides
         G, n = a["lower"].shape[0], lay.n
-        e_l = _scratch("extra", (G, T * n * W))
-        _to_lanes.for_batch(G * W, T)(extra, _members(0, G, W, self._B), e_l)
+        e_l = scratch("extra", (G, T * n * W))
+        _to_lanes.for_batch(G * W, T)(extra.reshape(self._B, T * n), _members(0, G, W, self._B),
+                                      e_l)
         inputs = _kernel_inputs(a, st, self._n_init, self._pins, *self._weights)
-        y = _scratch("y", (G, T * n * W))
+        y = scratch("y", (G, T * n * W))
         self._drop_sums()  # the last solve's sums are replaced
         # the gradient sums, shaped like the staged coefficients, rhs and steps; kept for
         # gradients() in pooled buffers (given back there)
@@ -511,7 +509,7 @@ class LaneFactor:
         status = np.empty((G, W), dtype=np.int64)
         # y = M^{-1} extra, refined, then the gradient sums from x and y, each group in
         # turn (the generated solve_plain)
-        mod.solve_plain(G, T, *inputs, a["lower"], y, a["scale"], _scratch("v", (G, T * n * W)),
+        mod.solve_plain(G, T, *inputs, a["lower"], y, a["scale"], scratch("v", (G, T * n * W)),
                         e_l, np.empty((G, (3 * lay.O + 1) * W)), np.empty((G, n * W)),
                         np.empty((G, n * W)), status, np.empty((G, W)), QR_MAX_STEPS,
                         math.inf, a["x"], *self._sums)
