@@ -125,6 +125,8 @@ class _LeftHandSide:
         the caller's arrays (built with ``private=False``), so that later changes to
         those do not reach this object."""
         callers = self._callers
+        if not callers:  # (private already)
+            return
         if coefficients and self._coefficients is None:
             self.coefficients = self.coefficients  # (a new float64 array, cast on demand)
         elif coefficients and np.may_share_memory(self._coefficients, callers[0]):
@@ -133,6 +135,7 @@ class _LeftHandSide:
             self.raw_coefficients = self._coefficients
         if np.may_share_memory(self.steps, callers[1]):
             self.steps = self.steps.copy()
+        self._callers = ()  # (no reference to the caller's arrays outlives the call)
 
     def coefficients_from(self, restore):
         """Drop this object's coefficients; ``restore()`` rebuilds them (the same values,
