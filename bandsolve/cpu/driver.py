@@ -740,14 +740,14 @@ def _solve(coefficients, rhs, init, steps, *, check=None, forward_only=False, **
                                               init_index, lhs_index, batch, check)
         if forward_only:
             return _shape_solution(lhs, x, batch), None, None
-    elif fused and forward_only and lanes.applies(lhs, math.prod(batch)):
+    elif in_lanes and forward_only:
         x, info = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat, init_index,
                                    check_coefficients=check_coefficients,
                                    out_dtype=lhs.dtype)
         if check:
             _raise_if_failed(info, lhs.batch_shape)
         return _shape_solution(lhs, x, batch), None, None
-    elif fused and lanes.applies(lhs, math.prod(batch)):
+    elif in_lanes:
         x, info, lane_factor = lanes.lane_solve(lhs, rhs_flat, rhs_index, init_flat,
                                                 init_index, keep=True,
                                                 check_coefficients=check_coefficients)
